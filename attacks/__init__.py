@@ -1,0 +1,1 @@
+"""Attack plugins: one file each, registered with ``@register("attack", name)``."""

@@ -1,0 +1,170 @@
+"""The ``bench`` command line: list, run, leaderboard, compare."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import registry
+from .attack import AttackError
+from .backbones import BackboneError
+from .config import ConfigError, parse_assignments
+from .data import ENV_VAR, DataError
+from .profiles import PROFILES, get_profile
+from .results import ResultsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+USER_ERRORS = (
+    registry.UnknownNameError, ConfigError, DataError, AttackError, BackboneError, ResultsError,
+    FileNotFoundError, KeyError, ValueError,
+)
+
+PluginsOpt = typer.Option(None, "--plugins", help="A .py file that registers plugins (repeatable).")
+DataDirOpt = typer.Option(
+    None, "--data-dir", envvar=ENV_VAR, help=f"Benchmark data folder (also ${ENV_VAR}; default ../shared/data)."
+)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+def _load_plugins(files: Optional[List[Path]]) -> None:
+    for f in files or []:
+        registry.load_plugin_file(f)
+
+
+@app.command("list")
+def list_cmd(plugins: Optional[List[Path]] = PluginsOpt) -> None:
+    """Show every registered attack, defense, dataset and backbone, and the profiles."""
+    from tabulate import tabulate
+
+    try:
+        _load_plugins(plugins)
+    except USER_ERRORS as e:
+        _fail(e)
+    for kind in registry.KINDS:
+        rows = [(e.name, e.description) for e in registry.entries(kind)]
+        typer.echo(f"\n{kind}s:")
+        typer.echo(tabulate(rows, tablefmt="plain"))
+    typer.echo("\nprofiles:")
+    typer.echo(tabulate([(p.name, p.description) for p in PROFILES.values()], tablefmt="plain"))
+    typer.echo("\nA backbone may also be any Hugging Face hub id or local model folder; a dataset, a folder of "
+               "train/dev/test CSV files (text,label).")
+
+
+@app.command()
+def run(
+    all_: bool = typer.Option(False, "--all", help="Every registered attack x every registered defense."),
+    attack: Optional[List[str]] = typer.Option(None, "--attack", "-a", help="Attack name (repeatable)."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", help="Defense name (repeatable)."),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Dataset name or CSV folder (repeatable)."),
+    backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", help="Backbone name, hub id or folder."),
+    seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", help="Seed (repeatable; default 1)."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help=f"Run profile: {', '.join(PROFILES)}."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/<profile>)."),
+    poison_rate: Optional[float] = typer.Option(None, "--poison-rate", help="Poison rate for every attack."),
+    label_regime: Optional[str] = typer.Option(None, "--label-regime", help="clean-label, dirty or mixed."),
+    target_label: Optional[int] = typer.Option(None, "--target-label", help="Target label for every attack."),
+    set_: Optional[List[str]] = typer.Option(
+        None, "--set", help="PLUGIN.KEY=VALUE for a plugin's or the profile's settings, e.g. lora.r=16, profile.epochs=1."
+    ),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    data_dir: Optional[Path] = DataDirOpt,
+    plugins: Optional[List[Path]] = PluginsOpt,
+) -> None:
+    """Run cells (dataset x backbone x attack x defense x seed) and write the leaderboard."""
+    from .runner import plan, run_grid
+
+    command = "bench " + shlex.join(sys.argv[1:])
+    try:
+        _load_plugins(plugins)
+        settings = parse_assignments(set_ or [])
+        prof = get_profile(profile, settings.pop("profile", {}))
+        if all_:
+            attacks = attack or registry.names("attack")
+            defenses = defense or registry.names("defense")
+        else:
+            if not attack or not defense:
+                raise ConfigError("name at least one --attack and one --defense, or pass --all")
+            attacks, defenses = attack, defense
+        common = {k: v for k, v in (("poison_rate", poison_rate), ("label_regime", label_regime),
+                                    ("target_label", target_label)) if v is not None}
+        for a in attacks:
+            settings.setdefault(a, {}).update({k: str(v) for k, v in common.items()})
+        cells = plan(
+            list(dataset or prof.datasets), list(backbone or prof.backbones), list(attacks), list(defenses),
+            list(seed or [1]), prof, settings,
+        )
+        out_dir = out or Path("results") / prof.name
+        summary = run_grid(cells, out_dir, data_dir=data_dir, command=command, progress=not no_progress)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(
+        f"{summary['ran']} cells run, {summary['skipped']} already recorded, "
+        f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out_dir / 'leaderboard.csv'} and .md"
+    )
+
+
+@app.command()
+def leaderboard(
+    out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", help="Results folder."),
+) -> None:
+    """Rebuild the leaderboard from the stored records and print it (Markdown)."""
+    from .results import write_leaderboard
+
+    if not (out / "records").is_dir():
+        _fail(ResultsError(f"{out}: no records/ folder; run `bench run --out {out}` first"))
+    try:
+        write_leaderboard(out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo((out / "leaderboard.md").read_text())
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="Leaderboard CSV before."),
+    b: Path = typer.Argument(..., help="Leaderboard CSV after."),
+    fail_on_regression: Optional[float] = typer.Option(
+        None, "--fail-on-regression", help="Exit 1 if a cell loses more than this many CACC points or gains as many ASR points."
+    ),
+) -> None:
+    """Join two leaderboard CSVs on the cell key and show the CACC and ASR deltas (points)."""
+    from tabulate import tabulate
+
+    from .results import compare as do_compare
+    from .results import read_leaderboard_csv, regressions
+
+    try:
+        both, only_a, only_b = do_compare(read_leaderboard_csv(a), read_leaderboard_csv(b))
+    except USER_ERRORS as e:
+        _fail(e)
+    shown = both[["dataset", "backbone", "attack", "defense", "seed", "cacc_a", "cacc_b", "d_cacc", "asr_a", "asr_b", "d_asr"]]
+    typer.echo(f"{len(both)} cells in both files (CACC and ASR in percent; d = B - A):")
+    typer.echo(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt="+.2f"))
+    for label, frame in ((f"only in {a}", only_a), (f"only in {b}", only_b)):
+        if len(frame):
+            typer.echo(f"\n{len(frame)} cells {label}:")
+            typer.echo(tabulate(frame, headers="keys", tablefmt="github", showindex=False))
+    if fail_on_regression is not None:
+        bad = regressions(both, fail_on_regression)
+        if len(bad):
+            typer.echo(f"\n{len(bad)} cells regress by more than {fail_on_regression} points", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"\nno cell regresses by more than {fail_on_regression} points")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Typed plugin settings: dataclasses that reject unknown keys and check types.
+
+Every attack, defense and backbone declares ``Config``, a dataclass. Settings coming from the
+command line (strings) or from JSON are turned into it with :func:`build_config`, which names any
+unknown key with a "did you mean" instead of silently swallowing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Mapping
+
+from .registry import suggest
+
+
+class ConfigError(ValueError):
+    """A setting that does not fit a plugin's Config."""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be None")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip().startswith("[") else [
+                    v for v in value.split(",") if v.strip()
+                ]
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: {value!r} is not a list ({e})") from None
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, where) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def build_config(cls: type, values: Mapping[str, Any] | None = None, owner: str = "") -> Any:
+    """``cls(**values)`` with unknown keys rejected and strings converted to the field types."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    label = owner or cls.__qualname__
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(
+            f"{label}: unknown setting {k!r}.{suggest(k, list(fields))} "
+            f"Valid settings: {', '.join(fields) or '(none)'}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{label}.{k}") for k, v in values.items()}
+    cfg = cls(**kwargs)
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
+    return cfg
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoConfig:
+    """For plugins with no settings."""
+
+
+def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["badnets.poison_rate=0.2", "lora.r=16"]`` -> ``{"badnets": {"poison_rate": "0.2"}, ...}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(
+                f"--set {item!r}: write PLUGIN.KEY=VALUE, for example --set badnets.poison_rate=0.2"
+            )
+        lhs, value = item.split("=", 1)
+        plugin, key = lhs.split(".", 1)
+        out.setdefault(plugin.strip(), {})[key.strip()] = value.strip()
+    return out

