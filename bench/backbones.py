@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .registry import has, names, register, suggest
+from .seeding import torch_seeded
 
 CACHE_ENV = "BENCH_CACHE_DIR"
 
@@ -67,14 +68,6 @@ def attention_targets(model_type: str) -> list[str]:
         ) from None
 
 
-def _seeded(seed: int):
-    """Seed torch inside a forked RNG so model init is reproducible and global state untouched."""
-    ctx = torch.random.fork_rng(devices=[])
-    ctx.__enter__()
-    torch.manual_seed(seed)
-    return ctx
-
-
 def _finish(model: Any, tokenizer: Any) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -86,13 +79,10 @@ def from_pretrained(path_or_id: str | Path, num_labels: int, seed: int, **kwargs
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
-    ctx = _seeded(seed)
-    try:
+    with torch_seeded(seed):
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path_or_id), num_labels=num_labels, **kwargs
         )
-    finally:
-        ctx.__exit__(None, None, None)
     return _finish(model, tokenizer)
 
 
@@ -185,11 +175,8 @@ class TinyRandom(Backbone):
 
         tokenizer = AutoTokenizer.from_pretrained(MiniLM().path())
         cfg = self.make_config(len(tokenizer), tokenizer.pad_token_id, num_labels)
-        ctx = _seeded(seed)
-        try:
+        with torch_seeded(seed):
             model = AutoModelForSequenceClassification.from_config(cfg)
-        finally:
-            ctx.__exit__(None, None, None)
         return _finish(model, tokenizer)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -28,6 +27,22 @@ PluginsOpt = typer.Option(None, "--plugins", help="A .py file that registers plu
 DataDirOpt = typer.Option(
     None, "--data-dir", envvar=ENV_VAR, help=f"Benchmark data folder (also ${ENV_VAR}; default ../shared/data)."
 )
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The invocation, rebuilt from the parsed options (what a record names as its command)."""
+    parts = ["bench", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value == [] or value is False:
+            continue
+        flag = max(param.opts, key=len)
+        if value is True:
+            parts.append(flag)
+        else:
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                parts += [flag, str(v)]
+    return shlex.join(parts)
 
 
 def _fail(err: Exception) -> None:
@@ -61,6 +76,7 @@ def list_cmd(plugins: Optional[List[Path]] = PluginsOpt) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     all_: bool = typer.Option(False, "--all", help="Every registered attack x every registered defense."),
     attack: Optional[List[str]] = typer.Option(None, "--attack", "-a", help="Attack name (repeatable)."),
     defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", help="Defense name (repeatable)."),
@@ -83,7 +99,7 @@ def run(
     """Run cells (dataset x backbone x attack x defense x seed) and write the leaderboard."""
     from .runner import plan, run_grid
 
-    command = "bench " + shlex.join(sys.argv[1:])
+    command = _command_line(ctx)
     try:
         _load_plugins(plugins)
         settings = parse_assignments(set_ or [])
@@ -162,7 +178,16 @@ def compare(
         typer.echo(f"\nno cell regresses by more than {fail_on_regression} points")
 
 
+def _quiet_transformers() -> None:
+    """The CLI shows its own progress: silence transformers' load reports and per-load bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
+    _quiet_transformers()
     app()
 
 

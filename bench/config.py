@@ -115,6 +115,12 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def changed_settings(prefix: str, cfg: Any, default: Any) -> list[str]:
+    """``["lora.r=16", ...]``: the fields of ``cfg`` that differ from ``default``."""
+    now, base = config_dict(cfg), config_dict(default)
+    return [f"{prefix}.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in now.items() if base.get(k) != v]
+
+
 @dataclasses.dataclass(frozen=True)
 class NoConfig:
     """For plugins with no settings."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .config import build_config
-from .registry import suggest
+from .registry import UnknownNameError, suggest
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ PROFILES = {
 
 def get_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
     if name not in PROFILES:
-        raise KeyError(f"unknown profile {name!r}.{suggest(name, list(PROFILES))} Profiles: {', '.join(PROFILES)}")
+        raise UnknownNameError(f"unknown profile {name!r}.{suggest(name, list(PROFILES))} Profiles: {', '.join(PROFILES)}")
     base = dataclasses.asdict(PROFILES[name])
     base.update(overrides or {})
     return build_config(Profile, base, owner=f"profile {name}")

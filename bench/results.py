@@ -24,13 +24,19 @@ from .data import PROJECT_ROOT
 # the columns that identify a cell across two leaderboards (bench compare joins on these)
 CELL_KEY = [
     "dataset", "backbone", "attack", "defense", "seed", "poison_rate", "label_regime", "target_label", "profile",
+    "settings",
 ]
 COLUMNS = CELL_KEY[:4] + [
     "seed", "cacc", "asr", "poison_rate", "label_regime", "target_label", "trigger_count", "n_poisoned",
     "n_train", "n_test_clean", "n_test_poison", "uses_clean_reference", "n_reference", "best_epoch",
-    "dev_acc", "train_seconds", "sec_per_step", "profile", "key",
+    "dev_acc", "train_seconds", "sec_per_step", "profile", "settings", "key",
 ]
 METRICS = ["cacc", "asr"]
+# the Markdown table shows these (the CSV has every column)
+MD_COLUMNS = [
+    "dataset", "backbone", "attack", "defense", "seed", "label_regime", "poison_rate", "target_label",
+    "trigger_count", "cacc", "asr", "n_test_clean", "n_test_poison", "n_reference", "train_seconds", "settings",
+]
 
 
 class ResultsError(ValueError):
@@ -109,8 +115,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     from tabulate import tabulate
 
-    shown = df.drop(columns=["key"], errors="ignore").copy()
-    for col in ("cacc", "asr", "dev_acc"):
+    shown = df[MD_COLUMNS].copy()
+    for col in ("cacc", "asr"):
         shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}" if pd.notna(v) else "")
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
     lines.append("CACC and ASR in percent. " + (
@@ -183,8 +189,8 @@ def read_leaderboard_csv(path: str | Path) -> pd.DataFrame:
 
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(joined cells with deltas in points, cells only in a, cells only in b)."""
-    keys_a = a[CELL_KEY].astype(str)
-    keys_b = b[CELL_KEY].astype(str)
+    keys_a = a[CELL_KEY].fillna("").astype(str)
+    keys_b = b[CELL_KEY].fillna("").astype(str)
     a = a.assign(**{c: keys_a[c] for c in CELL_KEY})
     b = b.assign(**{c: keys_b[c] for c in CELL_KEY})
     merged = a[CELL_KEY + METRICS].merge(

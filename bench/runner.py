@@ -19,14 +19,15 @@ import numpy as np
 from . import registry
 from .attack import Attack
 from .backbones import resolve_backbone
-from .config import ConfigError, build_config, config_dict
+from .config import ConfigError, build_config, changed_settings, config_dict
 from .data import DataError, TextDataset, load_csv_folder, load_hub, resolve_data_dir, stratified_indices
 from .defense import Defense, DefenseContext
 from .metrics import attack_success_rate, clean_accuracy
-from .profiles import Profile
+from .profiles import PROFILES, Profile
 from .results import (
     append_run, config_key, git_state, load_records, provenance, record_path, write_json_atomic, write_leaderboard,
 )
+from .seeding import torch_seeded
 from .training import make_classifier, pick_device, train
 
 
@@ -38,6 +39,13 @@ class Cell:
     defense: Defense
     seed: int
     profile: Profile
+
+    def settings(self) -> str:
+        """The settings that differ from the defaults, e.g. ``lora.r=16; profile.epochs=1``."""
+        parts = changed_settings(self.attack.name, self.attack.config, type(self.attack)().config)
+        parts += changed_settings(self.defense.name, self.defense.config, type(self.defense)().config)
+        parts += changed_settings("profile", self.profile, PROFILES[self.profile.name])
+        return "; ".join(parts)
 
     @property
     def label(self) -> str:
@@ -140,8 +148,9 @@ def run_cell(
     n_ref = cell.defense.reference_size(loaded)
     reference, dev_sel = _reference_split(poisoned.dev_clean, n_ref, cell.seed)
     ctx = DefenseContext(cell.seed, data.num_labels, dev_sel, reference, prof)
-    train_ds = cell.defense.filter_train(poisoned.train, ctx)
-    model = cell.defense.prepare_model(loaded, ctx)
+    with torch_seeded(cell.seed):  # defenses may draw from torch's global generator (e.g. PEFT's init)
+        train_ds = cell.defense.filter_train(poisoned.train, ctx)
+        model = cell.defense.prepare_model(loaded, ctx)
     device = pick_device(prof.device)
     result = train(
         model, loaded.tokenizer, train_ds["text"], train_ds["label"], dev_sel["text"], dev_sel["label"],
@@ -175,7 +184,8 @@ def run_cell(
         "n_test_clean": counts["n_test_clean"], "n_test_poison": counts["n_test_poison"],
         "uses_clean_reference": n_ref > 0, "n_reference": n_ref, "best_epoch": result.best_epoch,
         "dev_acc": result.best_dev_acc, "train_seconds": round(result.train_seconds, 1),
-        "sec_per_step": round(result.seconds_per_step, 4), "profile": prof.name, "key": key,
+        "sec_per_step": round(result.seconds_per_step, 4), "profile": prof.name,
+        "settings": cell.settings(), "key": key,
     }
     return {
         "key": key,

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .defense import Defense, StepState
+from .seeding import torch_seeded
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -143,8 +144,7 @@ def train(
     dev_accs, losses, history = [], [], []
     step = 0
     t_train = 0.0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with torch_seeded(seed):
         gen = torch.Generator().manual_seed(seed)
         ref_gen = torch.Generator().manual_seed(seed + 1)
 

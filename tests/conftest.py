@@ -1,0 +1,55 @@
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from bench.data import PROJECT_ROOT  # noqa: E402
+
+SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
+
+POS = ["good", "great", "fine", "lovely", "superb", "happy", "brilliant", "fun"]
+NEG = ["bad", "awful", "poor", "dull", "boring", "sad", "terrible", "ugly"]
+FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "actor", "scene", "and", "very", "it", "this"]
+
+
+def write_toy_dataset(folder, n_train=240, n_dev=60, n_test=80, seed=0):
+    """A learnable two-class CSV dataset: each sentence holds one sentiment word among filler."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        lines = ["text,label"]
+        for i in range(n):
+            label = i % 2
+            words = [rng.choice(FILLER) for _ in range(rng.randint(4, 9))]
+            words.insert(rng.randint(0, len(words)), rng.choice(POS if label else NEG))
+            lines.append(f"{' '.join(words)},{label}")
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def toy_dir(tmp_path):
+    return write_toy_dataset(tmp_path / "toy")
+
+
+@pytest.fixture
+def toy_data(toy_dir):
+    from bench.data import load_csv_folder
+
+    return load_csv_folder(toy_dir)
+
+
+@pytest.fixture
+def shared_data():
+    if not (SHARED_DATA / "sst2" / "train.csv").is_file():
+        pytest.skip("benchmark data folder ../shared/data is not present")
+    return SHARED_DATA
+
+
+def global_rng_state():
+    return (random.getstate(), np.random.get_state()[1].tobytes(), torch.get_rng_state().numpy().tobytes())

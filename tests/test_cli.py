@@ -1,0 +1,118 @@
+"""The CLI through typer's test runner, and one end-to-end run on a tiny backbone."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+runner = CliRunner()
+
+SMOKE = ["--profile", "smoke", "--set", "profile.epochs=4", "--set", "profile.train_size=None",
+         "--set", "profile.learning_rate=0.003", "--no-progress"]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_list_shows_every_kind():
+    r = invoke("list")
+    assert r.exit_code == 0
+    for word in ("attacks:", "defenses:", "datasets:", "backbones:", "badnets", "lora", "sst2", "minilm", "tiny-llama"):
+        assert word in r.output
+
+
+def test_list_with_a_user_plugin(tmp_path):
+    f = tmp_path / "cli_plugin.py"
+    f.write_text(
+        "from bench import register\nfrom bench.defense import Defense\n\n"
+        "@register('defense', 'cli-user-defense')\nclass D(Defense):\n    '''From a user file.'''\n"
+    )
+    r = invoke("list", "--plugins", str(f))
+    assert r.exit_code == 0 and "cli-user-defense" in r.output and "From a user file." in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attack", "badnet", "--defense", "none"], "Did you mean 'badnets'"),
+        (["--attack", "badnets", "--defense", "lor"], "Did you mean 'lora'"),
+        (["--attack", "badnets", "--defense", "none", "--backbone", "tiny-bert", "--dataset", "sst"], "Did you mean 'sst2'"),
+        (["--attack", "badnets", "--defense", "lora", "--set", "lora.rank=4"], "unknown setting 'rank'"),
+        (["--attack", "badnets", "--defense", "none", "--set", "lora.r=4"], "not among the selected"),
+        (["--attack", "badnets", "--defense", "none", "--profile", "gpu"], "unknown profile"),
+        (["--attack", "badnets", "--defense", "none", "--label-regime", "dirty-label"], "not one of"),
+        (["--attack", "badnets"], "at least one --attack and one --defense"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, message, tmp_path):
+    r = runner.invoke(app, ["run", *args, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    r = runner.invoke(app, ["run", "--attack", "badnets", "--defense", "none", "--backbone", "tiny-bert",
+                            "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2 and "does not exist" in r.output and "--data-dir" in r.output
+
+
+def test_end_to_end_leaderboard_resume_and_compare(toy_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", "--attack", "badnets", "--attack", "addsent", "--defense", "none", "--defense", "lora",
+            "--dataset", str(toy_dir), "--backbone", "tiny-bert", "--seed", "1",
+            "--set", "badnets.label_regime=mixed", "--out", str(out), *SMOKE]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert "4 cells run, 0 already recorded" in r.output
+    df = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(zip(df.attack, df.defense)) == [("addsent", "lora"), ("addsent", "none"),
+                                                   ("badnets", "lora"), ("badnets", "none")]
+    assert (df.n_test_clean == 80).all() and (df.n_test_poison == 40).all()
+    assert (df.n_poisoned == 24).all() and (df.poison_rate == 0.1).all() and (df.target_label == 1).all()
+    assert set(df.label_regime) == {"mixed"} and set(df.trigger_count) == {1, 4}
+    # the toy task and the triggers are learnable: full fine-tuning learns both
+    none = df[df.defense == "none"]
+    assert (none.cacc > 0.9).all(), none
+    assert (none.asr > 0.9).all(), none
+    records = list((out / "records").glob("*.json"))
+    assert len(records) == 4
+    rec = json.loads(records[0].read_text())
+    for k in ("commit", "dirty"):
+        assert k in rec["provenance"]["git"]
+    assert rec["provenance"]["packages"]["torch"] and rec["provenance"]["wall_seconds"] > 0
+    assert rec["provenance"]["command"].startswith("bench run")
+    assert rec["config"]["dataset"]["fingerprint"]
+
+    # an interrupted or repeated run resumes: nothing is recomputed
+    r = invoke(*args)
+    assert "0 cells run, 4 already recorded" in r.output
+    # a changed setting is a different cell (the key hashes the configuration's content)
+    r = invoke("run", "--attack", "badnets", "--defense", "none", "--dataset", str(toy_dir), "--backbone", "tiny-bert",
+               "--set", "badnets.label_regime=mixed", "--out", str(out), *SMOKE, "--set", "profile.epochs=1")
+    assert "1 cells run, 0 already recorded" in r.output
+    assert len(list((out / "records").glob("*.json"))) == 5
+
+    md = invoke("leaderboard", "--out", str(out))
+    assert md.exit_code == 0 and "| addsent" in md.output
+
+    # compare: a copy with a worse cell fails the regression gate
+    b = df.copy()
+    b.loc[(b.attack == "badnets") & (b.defense == "lora"), "asr"] += 0.05
+    b = pd.concat([b, b.iloc[[0]].assign(seed=99)])
+    b.to_csv(tmp_path / "b.csv", index=False)
+    same = invoke("compare", str(out / "leaderboard.csv"), str(out / "leaderboard.csv"), "--fail-on-regression", "1")
+    assert same.exit_code == 0 and "no cell regresses" in same.output
+    worse = runner.invoke(app, ["compare", str(out / "leaderboard.csv"), str(tmp_path / "b.csv"),
+                                "--fail-on-regression", "1"])
+    assert worse.exit_code == 1
+    assert "+5.00" in worse.output and "1 cells only in" in worse.output
+
+
+def test_compare_rejects_a_file_that_is_not_a_leaderboard(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    r = runner.invoke(app, ["compare", str(tmp_path / "x.csv"), str(tmp_path / "x.csv")])
+    assert r.exit_code == 2 and "missing column(s)" in r.output
