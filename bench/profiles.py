@@ -28,6 +28,7 @@ class Profile:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    group_by_length: bool = False  # batches of similar length (less padding, same data per epoch)
     datasets: tuple[str, ...] = ("sst2",)  # what --all runs on
     backbones: tuple[str, ...] = ("minilm",)
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -44,7 +45,7 @@ PROFILES = {
     "cpu": Profile(
         name="cpu",
         description="2-core CPU default: stratified 3000-row training slice, 3 epochs, lr 5e-5, max length 128",
-        train_size=3000, epochs=3, batch_size=32, learning_rate=5e-5, max_length=128,
+        train_size=3000, epochs=3, batch_size=32, learning_rate=5e-5, max_length=128, group_by_length=True,
     ),
     "paper": Profile(
         name="paper",

@@ -98,6 +98,26 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+def epoch_batches(enc: Encoded, batch_size: int, group_by_length: bool, gen: torch.Generator) -> list[list[int]]:
+    """One epoch's batches in a random order drawn from ``gen``.
+
+    With ``group_by_length``, rows are shuffled, cut into mega-batches of 50 batches, sorted by length
+    inside each, split into batches, and the batches shuffled: much less padding (about half the
+    tokens on SST-2), and still a random order each epoch.
+    """
+    order = torch.randperm(len(enc), generator=gen).tolist()
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = [len(f["input_ids"]) for f in enc.features]
+    mega = batch_size * 50
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    perm = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in perm]
+
+
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -158,10 +178,9 @@ def train(
         for epoch in range(epochs):
             model.train()
             t0 = time.perf_counter()
-            order = torch.randperm(len(train_enc), generator=gen).tolist()
             epoch_loss = 0.0
-            for b in range(steps_per_epoch):
-                batch = train_enc.batch(order[b * settings.batch_size:(b + 1) * settings.batch_size], device)
+            for b, indices in enumerate(epoch_batches(train_enc, settings.batch_size, settings.group_by_length, gen)):
+                batch = train_enc.batch(indices, device)
                 state = StepState(model, batch, epoch, epochs, step, reference_batch if ref_enc else None)
                 with autocast(device, settings.precision):
                     loss = defense.backward(state)
