@@ -7,7 +7,8 @@ A defense plugin subclasses :class:`Defense` and overrides only the stages it ac
 * during training: :meth:`Defense.prepare_model` chooses what trains (LoRA, an extra layer, frozen
   parts), :meth:`Defense.reference_size` asks for a clean reference set drawn from the dev split, and
   :meth:`Defense.backward` computes the gradients of one step (gradient alignment, ...);
-  ``learning_rate`` / ``epochs`` in a defense's Config override the profile's;
+  ``learning_rate`` / ``epochs`` in a defense's Config override the profile's, and a
+  ``parameter_efficient`` defense trains at the profile's ``adapter_learning_rate``;
 * after training: :meth:`Defense.predict` screens, corrects or rejects test inputs
   (ONION, STRIP, RAP, ...).
 
@@ -51,12 +52,15 @@ class StepState:
     num_epochs: int
     step: int  # global step, 0-based
     reference_batch: Callable[[], dict[str, torch.Tensor]] | None  # a fresh random clean batch
+    memory: dict  # kept across the steps of one training run; JSON-able stats go in memory["stats"]
 
 
 class Defense:
     """Base class of defenses; its behaviour at every stage is plain full fine-tuning."""
 
     Config: type = NoConfig
+    # True for parameter-efficient defenses: they train at the profile's adapter_learning_rate
+    parameter_efficient: bool = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -89,11 +93,11 @@ class Defense:
         return classify(texts)
 
     # --- helpers ---------------------------------------------------------------------------
-    def overrides(self) -> dict[str, Any]:
-        """Profile settings this defense's Config overrides (fields named like the profile's, not None)."""
-        out = {}
-        for key in ("learning_rate", "epochs"):
-            value = getattr(self.config, key, None)
-            if value is not None:
-                out[key] = value
-        return out
+    def schedule(self, settings: Any) -> tuple[float, int]:
+        """(learning rate, epochs): the Config's ``learning_rate`` / ``epochs`` when set, else the
+        profile's (its ``adapter_learning_rate`` for a parameter-efficient defense)."""
+        lr = getattr(self.config, "learning_rate", None)
+        if lr is None:
+            lr = settings.adapter_learning_rate if self.parameter_efficient else settings.learning_rate
+        epochs = getattr(self.config, "epochs", None)
+        return float(lr), int(epochs if epochs is not None else settings.epochs)

@@ -22,7 +22,8 @@ class Profile:
     train_size: int | None  # stratified slice of the training split (None: all of it)
     epochs: int
     batch_size: int
-    learning_rate: float
+    learning_rate: float  # full fine-tuning
+    adapter_learning_rate: float  # parameter-efficient defenses (LoRA and its kin)
     max_length: int
     eval_batch_size: int = 64
     warmup_ratio: float = 0.0
@@ -44,19 +45,22 @@ class Profile:
 PROFILES = {
     "cpu": Profile(
         name="cpu",
-        description="2-core CPU default: stratified 3000-row training slice, 3 epochs, lr 5e-5, max length 128",
-        train_size=3000, epochs=3, batch_size=32, learning_rate=5e-5, max_length=128, group_by_length=True,
+        description="2-core CPU default: stratified 3000-row training slice, 3 epochs, lr 5e-5 (adapters 1e-3), "
+        "max length 128",
+        train_size=3000, epochs=3, batch_size=32, learning_rate=5e-5, adapter_learning_rate=1e-3, max_length=128,
+        group_by_length=True,
     ),
     "paper": Profile(
         name="paper",
         description="MuScleLoRA paper (encoders): full training data, 10 epochs, batch 32, lr 2e-5, max length 512; GPU",
-        train_size=None, epochs=10, batch_size=32, learning_rate=2e-5, max_length=512,
+        train_size=None, epochs=10, batch_size=32, learning_rate=2e-5, adapter_learning_rate=2e-5, max_length=512,
         datasets=("sst2", "hsol", "agnews"),
     ),
     "smoke": Profile(
         name="smoke",
         description="seconds-long plumbing check for tests: 64 training rows, 1 epoch, max length 32",
-        train_size=64, epochs=1, batch_size=16, learning_rate=1e-3, max_length=32, backbones=("tiny-bert",),
+        train_size=64, epochs=1, batch_size=16, learning_rate=1e-3, adapter_learning_rate=3e-3, max_length=32,
+        backbones=("tiny-bert",),
     ),
 }
 

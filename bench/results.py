@@ -211,10 +211,10 @@ def regressions(both: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return both[(both["d_cacc"] < -threshold) | (both["d_asr"] > threshold)]
 
 
-def provenance(command: str, wall_seconds: float, extra: dict | None = None) -> dict:
+def provenance(command: str, wall_seconds: float, git: dict | None = None, extra: dict | None = None) -> dict:
     return {
         "command": command,
-        "git": git_state(),
+        "git": git or git_state(),
         "packages": package_versions(),
         "machine": machine(),
         "wall_seconds": round(wall_seconds, 2),

@@ -127,7 +127,7 @@ def _reference_split(dev, n: int, seed: int):
 
 
 def run_cell(
-    cell: Cell, data: TextDataset, on_step: Callable[[int, int], None] | None = None,
+    cell: Cell, data: TextDataset, on_step: Callable[[int, int], None] | None = None, git: dict | None = None,
 ) -> dict:
     """Run one cell; return its record (metrics, counts, config and provenance)."""
     t0 = time.perf_counter()
@@ -196,9 +196,11 @@ def run_cell(
             "dev_acc_per_epoch": result.dev_acc_per_epoch, "loss_per_epoch": result.loss_per_epoch,
             "steps": result.steps, "trainable_params": result.trainable_params,
             "total_params": result.total_params, "device": str(device),
+            "defense_stats": result.defense_stats,
         },
         "provenance": provenance(
-            command="", wall_seconds=wall, extra={"started": started, "train_seconds": result.train_seconds}
+            command="", wall_seconds=wall, git=git,
+            extra={"started": started, "train_seconds": result.train_seconds},
         ),
     }
 
@@ -211,6 +213,7 @@ def run_grid(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    git = git_state()  # the code this process runs is the code as it was when it started
     cache = DataCache(data_dir)
     t0 = time.perf_counter()
     done = {r["key"] for r in load_records(out_dir)}
@@ -232,7 +235,7 @@ def run_grid(
                 steps.total = total
                 steps.update(step - steps.n)
 
-            rec = run_cell(cell, cache.get(cell.dataset), on_step=on_step)
+            rec = run_cell(cell, cache.get(cell.dataset), on_step=on_step, git=git)
             steps.close()
             rec["provenance"]["command"] = command
             write_json_atomic(record_path(out_dir, rec["key"]), rec)
@@ -245,7 +248,7 @@ def run_grid(
         if ran or not cells:
             append_run(out_dir, {
                 "command": command, "cells_run": ran, "cells_skipped": skipped, "cells_planned": len(cells),
-                "wall_seconds": round(wall, 1), "git": git_state(),
+                "wall_seconds": round(wall, 1), "git": git,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
         write_leaderboard(out_dir)

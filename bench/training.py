@@ -96,6 +96,7 @@ class TrainResult:
     trainable_params: int
     total_params: int
     history: list[dict] = field(default_factory=list)
+    defense_stats: dict = field(default_factory=dict)
 
 
 def epoch_batches(enc: Encoded, batch_size: int, group_by_length: bool, gen: torch.Generator) -> list[list[int]]:
@@ -138,8 +139,7 @@ def train(
     on_eval: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; at the end it holds the weights of the best epoch on clean dev."""
-    epochs = int(defense.overrides().get("epochs", settings.epochs))
-    lr = float(defense.overrides().get("learning_rate", settings.learning_rate))
+    lr, epochs = defense.schedule(settings)
     train_enc = Encoded(tokenizer, train_texts, train_labels, settings.max_length)
     dev_enc = Encoded(tokenizer, dev_texts, dev_labels, settings.max_length)
     ref_enc = Encoded(tokenizer, reference[0], reference[1], settings.max_length) if reference else None
@@ -164,6 +164,7 @@ def train(
     dev_accs, losses, history = [], [], []
     step = 0
     t_train = 0.0
+    memory: dict = {}
     with torch_seeded(seed):
         gen = torch.Generator().manual_seed(seed)
         ref_gen = torch.Generator().manual_seed(seed + 1)
@@ -181,7 +182,7 @@ def train(
             epoch_loss = 0.0
             for b, indices in enumerate(epoch_batches(train_enc, settings.batch_size, settings.group_by_length, gen)):
                 batch = train_enc.batch(indices, device)
-                state = StepState(model, batch, epoch, epochs, step, reference_batch if ref_enc else None)
+                state = StepState(model, batch, epoch, epochs, step, reference_batch if ref_enc else None, memory)
                 with autocast(device, settings.precision):
                     loss = defense.backward(state)
                 torch.nn.utils.clip_grad_norm_([p for _, p in params], settings.grad_clip)
@@ -219,4 +220,5 @@ def train(
         trainable_params=sum(p.numel() for _, p in params),
         total_params=sum(p.numel() for p in model.parameters()),
         history=history,
+        defense_stats=memory.get("stats", {}),
     )

@@ -17,7 +17,7 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None  # None: the attention query and value projections
     train_head: bool = True  # the classification head trains too (PEFT's default for classification)
-    learning_rate: float | None = None  # None: the profile's
+    learning_rate: float | None = None  # None: the profile's adapter_learning_rate
     epochs: int | None = None
 
 
@@ -26,6 +26,7 @@ class LoRA(Defense):
     """LoRA: r=8, alpha=32, dropout 0 on attention query/value; the rest of the backbone frozen."""
 
     Config = LoraConfig
+    parameter_efficient = True
 
     def prepare_model(self, loaded: LoadedModel, ctx: DefenseContext):
         c = self.config

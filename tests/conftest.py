@@ -17,7 +17,7 @@ NEG = ["bad", "awful", "poor", "dull", "boring", "sad", "terrible", "ugly"]
 FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "actor", "scene", "and", "very", "it", "this"]
 
 
-def write_toy_dataset(folder, n_train=240, n_dev=60, n_test=80, seed=0):
+def write_toy_dataset(folder, n_train=240, n_dev=160, n_test=80, seed=0):
     """A learnable two-class CSV dataset: each sentence holds one sentiment word among filler."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,84 @@
+"""Gradient alignment to a clean reference set (MuScleLoRA's second half).
+
+Each step: ``g`` is the gradient of the (possibly poisoned) training batch, ``r`` the gradient of a
+batch of clean reference samples. Per trainable tensor, the aligned gradient is the projection
+magnitude of ``g`` on ``r`` carried along ``r``: ``|<g, r>| / ||r||^2 * r``. It is used while the
+reference set is still being learnt (mean reference-gradient norm above a floor and reference loss
+above a threshold); afterwards, from ``ga_epoch`` on, a share ``rho`` of the raw gradient is mixed
+back in, ``rho`` rising linearly to ``max_raw_ratio`` by the last epoch; before that the raw
+gradient is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .defense import StepState
+
+MODES = ("aligned", "mixed", "raw")
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    min_ref_grad_norm: float = 5e-7
+    min_ref_loss: float = 0.4
+    max_raw_ratio: float = 0.1
+    ga_epoch: int = 1
+    refresh_every: int = 1  # recompute the reference gradient every k steps (1: every step, as the paper)
+
+
+def project(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``|<g, r>| / ||r||^2 * r`` (zero when either is zero)."""
+    rr = torch.dot(r.flatten(), r.flatten())
+    if rr == 0:
+        return torch.zeros_like(g)
+    return torch.abs(torch.dot(g.flatten(), r.flatten())) / rr * r
+
+
+def raw_ratio(epoch: int, num_epochs: int, s: AlignmentSettings) -> float:
+    """rho: 0 at ``ga_epoch``, rising linearly to ``max_raw_ratio`` at the last epoch."""
+    if epoch < s.ga_epoch:
+        return 0.0
+    span = max(1, num_epochs - 1 - s.ga_epoch)
+    return s.max_raw_ratio * min(1.0, (epoch - s.ga_epoch) / span)
+
+
+def aligned_backward(state: StepState, s: AlignmentSettings) -> float:
+    """Backward pass of one step with gradient alignment; returns the training loss.
+
+    The reference gradient and loss are cached in ``state.memory`` and refreshed every
+    ``refresh_every`` steps; the chosen mode is counted in ``state.memory["stats"]``.
+    """
+    if state.reference_batch is None:
+        raise RuntimeError("gradient alignment needs a clean reference set (reference_size > 0)")
+    model, mem = state.model, state.memory
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = model(**state.batch).loss
+    loss.backward()
+
+    if "ref_grads" not in mem or state.step % s.refresh_every == 0:
+        ref_loss = model(**state.reference_batch()).loss
+        grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
+        norms = [g.norm() for g in grads if g is not None and g.norm() > 0]
+        mem["ref_grads"] = [None if g is None else g.detach() for g in grads]
+        mem["ref_loss"] = float(ref_loss.detach())
+        mem["ref_norm"] = float(torch.stack(norms).mean()) if norms else 0.0
+
+    if mem["ref_norm"] > s.min_ref_grad_norm and mem["ref_loss"] > s.min_ref_loss:
+        mode, rho = "aligned", 0.0
+    elif s.max_raw_ratio > 0 and state.epoch >= s.ga_epoch:
+        mode, rho = "mixed", raw_ratio(state.epoch, state.num_epochs, s)
+    else:
+        mode, rho = "raw", 1.0
+    counts = mem.setdefault("stats", {}).setdefault("alignment_modes", dict.fromkeys(MODES, 0))
+    counts[mode] += 1
+    if mode != "raw":
+        with torch.no_grad():
+            for p, r in zip(params, mem["ref_grads"]):
+                if p.grad is None or r is None:
+                    continue
+                a = project(p.grad, r)
+                p.grad.copy_(a if mode == "aligned" else (1 - rho) * a + rho * p.grad)
+    return float(loss.detach())
