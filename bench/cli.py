@@ -178,6 +178,41 @@ def compare(
         typer.echo(f"\nno cell regresses by more than {fail_on_regression} points")
 
 
+@app.command()
+def fourier(
+    ctx: typer.Context,
+    attack: str = typer.Option("badnets", "--attack", "-a", help="Attack name."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", help="Defenses (default: none, musclelora)."),
+    dataset: str = typer.Option("sst2", "--dataset", help="Dataset name or CSV folder."),
+    backbone: str = typer.Option("minilm", "--backbone", "-b", help="Backbone."),
+    seed: int = typer.Option(1, "--seed", "-s", help="Seed."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help="Run profile."),
+    samples: int = typer.Option(256, "--samples", help="Clean and poisoned dev rows in the analysis (each)."),
+    every: int = typer.Option(5, "--every", help="Record every N training steps."),
+    out: Path = typer.Option(Path("results") / "fourier", "--out", "-o", help="Output folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="PLUGIN.KEY=VALUE settings, as for run."),
+    data_dir: Optional[Path] = DataDirOpt,
+    plugins: Optional[List[Path]] = PluginsOpt,
+) -> None:
+    """Frequency-space analysis: low/high-frequency errors on clean and poisoned dev during training."""
+    from tabulate import tabulate
+
+    from . import fourier as fourier_mod
+    from .runner import plan
+
+    try:
+        _load_plugins(plugins)
+        settings = parse_assignments(set_ or [])
+        prof = get_profile(profile, settings.pop("profile", {}))
+        cells = plan([dataset], [backbone], [attack], list(defense or ["none", "musclelora"]), [seed], prof, settings)
+        summary = fourier_mod.run(cells, out, data_dir=data_dir, n_samples=samples, every=every,
+                                  command=_command_line(ctx))
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(tabulate(summary, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"))
+    typer.echo(f"wrote {out / 'fourier.csv'}, {out / 'fourier.png'}, {out / 'fourier.md'}")
+
+
 def _quiet_transformers() -> None:
     """The CLI shows its own progress: silence transformers' load reports and per-load bars."""
     from transformers.utils import logging as hf_logging

@@ -128,8 +128,12 @@ def _reference_split(dev, n: int, seed: int):
 
 def run_cell(
     cell: Cell, data: TextDataset, on_step: Callable[[int, int], None] | None = None, git: dict | None = None,
+    on_model: Callable[[Any, Any, DefenseContext], None] | None = None,
 ) -> dict:
-    """Run one cell; return its record (metrics, counts, config and provenance)."""
+    """Run one cell; return its record (metrics, counts, config and provenance).
+
+    ``on_model(model, tokenizer, ctx)`` sees the model just before training (analyses that watch it).
+    """
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     prof = cell.profile
@@ -152,6 +156,8 @@ def run_cell(
         train_ds = cell.defense.filter_train(poisoned.train, ctx)
         model = cell.defense.prepare_model(loaded, ctx)
     device = pick_device(prof.device)
+    if on_model is not None:
+        on_model(model.to(device), loaded.tokenizer, ctx)
     result = train(
         model, loaded.tokenizer, train_ds["text"], train_ds["label"], dev_sel["text"], dev_sel["label"],
         prof, cell.defense, cell.seed, device,
