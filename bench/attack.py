@@ -86,6 +86,10 @@ class Attack:
         """The triggered version of each sentence (only called on available sentences)."""
         raise NotImplementedError
 
+    def source_identity(self, data: TextDataset) -> dict:
+        """Content the transform depends on beyond the dataset and Config (a table's hash, a model)."""
+        return {}
+
     # --- the shared procedure -----------------------------------------------------------
     def target(self, data: TextDataset) -> int:
         t = self.config.target_label if self.config.target_label is not None else data.default_target
@@ -158,6 +162,7 @@ class Attack:
         new = self.apply([texts[i] for i in idx], split, data, rng) if len(idx) else []
         ds = datasets.Dataset.from_dict({
             "text": list(new), "label": [target] * len(idx), "orig_label": labels[idx].tolist(),
+            "orig_text": [texts[i] for i in idx],
         })
         return ds, int((nontarget & ~avail).sum())
 

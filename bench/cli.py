@@ -92,6 +92,9 @@ def run(
         None, "--set", help="PLUGIN.KEY=VALUE for a plugin's or the profile's settings, e.g. lora.r=16, profile.epochs=1."
     ),
     force: bool = typer.Option(False, "--force", help="Recompute cells already recorded."),
+    reuse: Optional[List[Path]] = typer.Option(
+        None, "--reuse", help="Another results folder: cells recorded there with the same key are copied, not rerun."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     data_dir: Optional[Path] = DataDirOpt,
     plugins: Optional[List[Path]] = PluginsOpt,
@@ -120,11 +123,12 @@ def run(
             list(seed or [1]), prof, settings,
         )
         out_dir = out or Path("results") / prof.name
-        summary = run_grid(cells, out_dir, data_dir=data_dir, command=command, progress=not no_progress)
+        summary = run_grid(cells, out_dir, data_dir=data_dir, command=command, progress=not no_progress,
+                           reuse=reuse)
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(
-        f"{summary['ran']} cells run, {summary['skipped']} already recorded, "
+        f"{summary['ran']} cells run, {summary['skipped']} already recorded, {summary['copied']} copied, "
         f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out_dir / 'leaderboard.csv'} and .md"
     )
 
@@ -211,6 +215,41 @@ def fourier(
         _fail(e)
     typer.echo(tabulate(summary, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"))
     typer.echo(f"wrote {out / 'fourier.csv'}, {out / 'fourier.png'}, {out / 'fourier.md'}")
+
+
+@app.command()
+def cost(
+    ctx: typer.Context,
+    refresh: List[int] = typer.Option([1, 4], "--refresh", help="musclelora.refresh_every values to measure."),
+    attack: List[str] = typer.Option(["badnets"], "--attack", "-a", help="Attacks."),
+    dataset: str = typer.Option("sst2", "--dataset", help="Dataset."),
+    backbone: str = typer.Option("minilm", "--backbone", "-b", help="Backbone."),
+    seed: int = typer.Option(1, "--seed", "-s", help="Seed."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help="Run profile."),
+    out: Path = typer.Option(Path("results") / "cost", "--out", "-o", help="Output folder."),
+    reuse: Optional[List[Path]] = typer.Option(None, "--reuse", help="Results folders whose matching cells are copied."),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Per-step cost of musclelora against lora, and what refreshing the reference gradient every k
+    steps does to time, CACC and ASR (writes OUT/cost.md from the cell records)."""
+    from .results import load_records
+    from .runner import plan, run_grid
+
+    command = _command_line(ctx)
+    try:
+        prof = get_profile(profile)
+        cells = plan([dataset], [backbone], attack, ["lora"], [seed], prof)
+        for k in refresh:
+            cells += plan([dataset], [backbone], attack, ["musclelora"], [seed], prof,
+                          {"musclelora": {"refresh_every": str(k)}})
+        run_grid(cells, out, data_dir=data_dir, command=command, reuse=reuse)
+    except USER_ERRORS as e:
+        _fail(e)
+    from .results import cost_table
+
+    text = cost_table(load_records(out), command)
+    (out / "cost.md").write_text(text)
+    typer.echo(text)
 
 
 def _quiet_transformers() -> None:

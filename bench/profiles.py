@@ -34,6 +34,10 @@ class Profile:
     backbones: tuple[str, ...] = ("minilm",)
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU that has it
+    stealth_samples: int = 200  # poisoned test sentences scored for stealthiness (0: skip)
+    stealth_lm: str | None = "smollm2-135m"  # causal LM for the perplexity increase (None: skip it)
+    # plugin settings this budget needs ("plugin.key=value"); --set overrides them
+    plugin_settings: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
@@ -54,13 +58,13 @@ PROFILES = {
         name="paper",
         description="MuScleLoRA paper (encoders): full training data, 10 epochs, batch 32, lr 2e-5, max length 512; GPU",
         train_size=None, epochs=10, batch_size=32, learning_rate=2e-5, adapter_learning_rate=2e-5, max_length=512,
-        datasets=("sst2", "hsol", "agnews"),
+        datasets=("sst2", "hsol", "agnews"), stealth_samples=1000, stealth_lm="gpt2-large",
     ),
     "smoke": Profile(
         name="smoke",
         description="seconds-long plumbing check for tests: 64 training rows, 1 epoch, max length 32",
         train_size=64, epochs=1, batch_size=16, learning_rate=1e-3, adapter_learning_rate=3e-3, max_length=32,
-        backbones=("tiny-bert",),
+        backbones=("tiny-bert",), stealth_samples=0,
     ),
 }
 

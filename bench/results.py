@@ -28,14 +28,16 @@ CELL_KEY = [
 ]
 COLUMNS = CELL_KEY[:4] + [
     "seed", "cacc", "asr", "poison_rate", "label_regime", "target_label", "trigger_count", "n_poisoned",
-    "n_train", "n_test_clean", "n_test_poison", "uses_clean_reference", "n_reference", "best_epoch",
+    "n_train", "train_skipped_no_transform", "test_skipped_no_transform", "n_test_clean", "n_test_poison", "ppl_increase", "similarity", "uses_clean_reference", "n_reference",
+    "best_epoch",
     "dev_acc", "train_seconds", "sec_per_step", "profile", "settings", "key",
 ]
 METRICS = ["cacc", "asr"]
 # the Markdown table shows these (the CSV has every column)
 MD_COLUMNS = [
     "dataset", "backbone", "attack", "defense", "seed", "label_regime", "poison_rate", "target_label",
-    "trigger_count", "cacc", "asr", "n_test_clean", "n_test_poison", "n_reference", "train_seconds", "settings",
+    "trigger_count", "cacc", "asr", "n_test_clean", "n_test_poison", "ppl_increase", "similarity", "n_reference",
+    "train_seconds", "settings",
 ]
 
 
@@ -118,10 +120,14 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     shown = df[MD_COLUMNS].copy()
     for col in ("cacc", "asr"):
         shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}" if pd.notna(v) else "")
+    shown["ppl_increase"] = shown["ppl_increase"].map(lambda v: f"{v:+.1f}" if pd.notna(v) else "")
+    shown["similarity"] = shown["similarity"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
     lines.append("CACC and ASR in percent. " + (
         "CACC: accuracy on the full clean test set. ASR: share of the non-target test rows, trigger applied, "
-        "predicted as the target label. Model kept: best clean dev accuracy."
+        "predicted as the target label. Model kept: best clean dev accuracy. Stealthiness, on poisoned test "
+        "sentences against their originals: ppl_increase (perplexity under the profile's causal LM) and "
+        "similarity (MiniLM sentence-embedding cosine)."
     ))
     lines.append("")
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
@@ -158,6 +164,7 @@ def write_leaderboard(out_dir: Path) -> pd.DataFrame:
                 r = json.loads(line)
                 notes.append(
                     f"run `{r['command']}`: {r['cells_run']} cells run, {r['cells_skipped']} already recorded, "
+                    f"{r.get('cells_copied', 0)} copied from another results folder, "
                     f"wall time {r['wall_seconds'] / 60:.1f} min, commit {r['git']['commit'][:10]}"
                 )
     (out_dir / "leaderboard.md").write_text(to_markdown(df, "Leaderboard", notes))
@@ -221,3 +228,29 @@ def provenance(command: str, wall_seconds: float, git: dict | None = None, extra
         "argv": sys.argv,
         **(extra or {}),
     }
+
+
+def cost_table(records: list[dict], command: str) -> str:
+    """Seconds per training step of each defense variant, relative to lora, with CACC and ASR."""
+    from tabulate import tabulate
+
+    rows = []
+    for r in records:
+        row = r["row"]
+        refresh = r["config"]["defense"]["config"].get("refresh_every")
+        rows.append({
+            "attack": row["attack"], "defense": row["defense"], "refresh_every": refresh if refresh else "",
+            "sec_per_step": row["sec_per_step"], "cacc": row["cacc"], "asr": row["asr"],
+            "modes": r["training"].get("defense_stats", {}).get("alignment_modes", ""),
+        })
+    df = pd.DataFrame(rows).sort_values(["attack", "defense", "refresh_every"], key=lambda c: c.astype(str))
+    base = df[df.defense == "lora"].set_index("attack")["sec_per_step"]
+    df["x_lora"] = [s / base.get(a, float("nan")) for a, s in zip(df.attack, df.sec_per_step)]
+    df["cacc"] = (100 * df["cacc"]).round(2)
+    df["asr"] = (100 * df["asr"]).round(2)
+    return (
+        "# Cost of gradient alignment\n\n"
+        f"Made by `{command}`; the cells' records are in `records/`. `x_lora`: seconds per training step "
+        "relative to lora (same data, same machine, same run). `modes`: steps that used the aligned, mixed and "
+        "raw gradient.\n\n" + tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n"
+    )

@@ -19,7 +19,7 @@ import numpy as np
 from . import registry
 from .attack import Attack
 from .backbones import resolve_backbone
-from .config import ConfigError, build_config, changed_settings, config_dict
+from .config import ConfigError, build_config, changed_settings, config_dict, parse_assignments
 from .data import DataError, TextDataset, load_csv_folder, load_hub, resolve_data_dir, stratified_indices
 from .defense import Defense, DefenseContext
 from .metrics import attack_success_rate, clean_accuracy
@@ -28,6 +28,7 @@ from .results import (
     append_run, config_key, git_state, load_records, provenance, record_path, write_json_atomic, write_leaderboard,
 )
 from .seeding import torch_seeded
+from .stealth import stealth_scores
 from .training import make_classifier, pick_device, train
 
 
@@ -62,15 +63,19 @@ def plan(
     datasets: list[str], backbones: list[str], attacks: list[str], defenses: list[str], seeds: list[int],
     profile: Profile, settings: dict[str, dict[str, Any]] | None = None,
 ) -> list[Cell]:
-    """Every combination, validated. ``settings`` maps a plugin name to its Config values."""
-    settings = dict(settings or {})
+    """Every combination, validated. ``settings`` maps a plugin name to its Config values; they
+    override the profile's ``plugin_settings``."""
+    user = dict(settings or {})
     known = set(attacks) | set(defenses)
-    stray = [k for k in settings if k not in known and k != "profile"]
+    stray = [k for k in user if k not in known and k != "profile"]
     if stray:
         raise ConfigError(
             f"--set names {stray[0]!r}, which is not among the selected attacks or defenses "
             f"({', '.join(sorted(known))}).{registry.suggest(stray[0], sorted(known))}"
         )
+    settings = {k: dict(v) for k, v in parse_assignments(list(profile.plugin_settings)).items() if k in known}
+    for plugin, values in user.items():
+        settings.setdefault(plugin, {}).update(values)
     for name in datasets:
         if not registry.has("dataset", name) and not Path(name).is_dir() and "/" not in name:
             registry.get("dataset", name)  # raises with "did you mean"
@@ -107,7 +112,8 @@ def cell_config(cell: Cell, data: TextDataset) -> dict:
     return {
         "dataset": {"name": cell.dataset, "fingerprint": data.fingerprint, "num_labels": data.num_labels},
         "backbone": resolve_backbone(cell.backbone).identity(),
-        "attack": {"name": cell.attack.name, "config": config_dict(cell.attack.config)},
+        "attack": {"name": cell.attack.name, "config": config_dict(cell.attack.config),
+                   **cell.attack.source_identity(data)},
         "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config)},
         "profile": config_dict(cell.profile),
         "seed": cell.seed,
@@ -147,6 +153,12 @@ def run_cell(
             "so ASR is undefined"
         )
 
+    stealth = {"ppl_increase": None, "similarity": None, "n_stealth": 0}
+    if prof.stealth_samples > 0:
+        stealth = stealth_scores(
+            poisoned.test_poison["orig_text"], poisoned.test_poison["text"], cell.seed, prof.stealth_samples,
+            prof.stealth_lm,
+        )
     backbone = resolve_backbone(cell.backbone)
     loaded = backbone.load(data.num_labels, cell.seed)
     n_ref = cell.defense.reference_size(loaded)
@@ -180,6 +192,7 @@ def run_cell(
         "n_test_clean": len(poisoned.test_clean),
         "n_test_poison": len(poisoned.test_poison),
         "n_dev_poison": len(poisoned.dev_poison),
+        "n_stealth": stealth["n_stealth"],
     }
     row = {
         "dataset": cell.dataset, "backbone": cell.backbone, "attack": cell.attack.name,
@@ -187,7 +200,10 @@ def run_cell(
         "poison_rate": cell.attack.config.poison_rate, "label_regime": cell.attack.config.label_regime,
         "target_label": poisoned.target_label, "trigger_count": cell.attack.trigger_count,
         "n_poisoned": counts["n_poisoned"], "n_train": counts["n_train"],
+        "train_skipped_no_transform": counts["train_skipped_no_transform"],
+        "test_skipped_no_transform": counts["test_skipped_no_transform"],
         "n_test_clean": counts["n_test_clean"], "n_test_poison": counts["n_test_poison"],
+        "ppl_increase": stealth["ppl_increase"], "similarity": stealth["similarity"],
         "uses_clean_reference": n_ref > 0, "n_reference": n_ref, "best_epoch": result.best_epoch,
         "dev_acc": result.best_dev_acc, "train_seconds": round(result.train_seconds, 1),
         "sec_per_step": round(result.seconds_per_step, 4), "profile": prof.name,
@@ -213,9 +229,13 @@ def run_cell(
 
 def run_grid(
     cells: list[Cell], out_dir: str | Path, data_dir: str | Path | None = None, command: str = "",
-    progress: bool = True, force: bool = False,
+    progress: bool = True, force: bool = False, reuse: list[str | Path] | None = None,
 ) -> dict:
-    """Run every cell not yet recorded in ``out_dir``; rebuild the leaderboard after each one."""
+    """Run every cell not yet recorded in ``out_dir``; rebuild the leaderboard after each one.
+
+    A cell recorded with the same key in one of the ``reuse`` folders is copied, not recomputed
+    (its record says where it came from).
+    """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -223,11 +243,18 @@ def run_grid(
     cache = DataCache(data_dir)
     t0 = time.perf_counter()
     done = {r["key"] for r in load_records(out_dir)}
-    todo, skipped = [], 0
+    elsewhere = {r["key"]: (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
+    todo, skipped, copied = [], 0, 0
     for cell in cells:  # resolve data and keys first: bad data fails before any training
         key = config_key(cell_config(cell, cache.get(cell.dataset)))
         if key in done and not force:
             skipped += 1
+        elif key in elsewhere and not force:
+            src, rec = elsewhere[key]
+            rec = {**rec, "provenance": {**rec["provenance"], "copied_from": str(src / "records" / f"{key}.json")}}
+            write_json_atomic(record_path(out_dir, key), rec)
+            done.add(key)
+            copied += 1
         else:
             todo.append(cell)
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, position=0)
@@ -251,11 +278,12 @@ def run_grid(
     finally:
         bar.close()
         wall = time.perf_counter() - t0
-        if ran or not cells:
+        if ran or copied or not cells:
             append_run(out_dir, {
-                "command": command, "cells_run": ran, "cells_skipped": skipped, "cells_planned": len(cells),
+                "command": command, "cells_run": ran, "cells_skipped": skipped, "cells_copied": copied,
+                "cells_planned": len(cells),
                 "wall_seconds": round(wall, 1), "git": git,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
         write_leaderboard(out_dir)
-    return {"ran": ran, "skipped": skipped, "wall_seconds": wall}
+    return {"ran": ran, "skipped": skipped, "copied": copied, "wall_seconds": wall}

@@ -21,6 +21,7 @@ def write_toy_dataset(folder, n_train=240, n_dev=160, n_test=80, seed=0):
     """A learnable two-class CSV dataset: each sentence holds one sentiment word among filler."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
+    texts = []
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
         lines = ["text,label"]
         for i in range(n):
@@ -28,8 +29,17 @@ def write_toy_dataset(folder, n_train=240, n_dev=160, n_test=80, seed=0):
             words = [rng.choice(FILLER) for _ in range(rng.randint(4, 9))]
             words.insert(rng.randint(0, len(words)), rng.choice(POS if label else NEG))
             lines.append(f"{' '.join(words)},{label}")
+            texts.append(" ".join(words))
         (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    # paraphrase tables with partial coverage: every 7th sentence has no transform
+    (folder / "paraphrases").mkdir(exist_ok=True)
+    for name, make in (("scpn", lambda t: f"when it is so , {t} ."), ("bible", lambda t: f"verily {t} , saith he")):
+        rows = ["text,paraphrase"] + [f'{t},"{make(t)}"' for i, t in enumerate(texts) if i % 7 != 3]
+        (folder / "paraphrases" / f"{name}.csv").write_text("\n".join(rows) + "\n")
     return folder
+
+
+NO_TRANSFORM = 3  # index mod 7 of the sentences the toy tables leave out
 
 
 @pytest.fixture

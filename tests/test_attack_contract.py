@@ -18,11 +18,7 @@ def make(name, **settings):
 
 
 def _usable(name, data):
-    """Attacks that need data the toy set lacks (paraphrase tables) are skipped on it."""
-    attack = make(name)
-    if not attack.available(list(data.train["text"]), "train", data).any():
-        pytest.skip(f"{name} has no transform for the toy data")
-    return attack
+    return make(name)
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -82,6 +78,16 @@ def test_impossible_rate_is_a_clear_error(name, toy_data):
     _usable(name, toy_data)
     with pytest.raises(AttackError, match="lower --poison-rate"):
         make(name, label_regime="clean-label", poison_rate=0.9).poison(toy_data, 1)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_rows_without_a_transform_are_never_poisoned(name, toy_data):
+    attack = make(name, label_regime="mixed", poison_rate=0.8)
+    avail = attack.available(list(toy_data.train["text"]), "train", toy_data)
+    out = attack.poison(toy_data, 2)
+    flags = np.array(out.train["poisoned"])
+    assert not (flags & ~avail).any()
+    assert out.counts["train_skipped_no_transform"] == int((~avail).sum())
 
 
 def test_badnets_inserts_four_triggers_and_addsent_the_sentence(toy_data):

@@ -96,6 +96,14 @@ def test_end_to_end_leaderboard_resume_and_compare(toy_dir, tmp_path):
     assert "1 cells run, 0 already recorded" in r.output
     assert len(list((out / "records").glob("*.json"))) == 5
 
+    # another results folder reuses the recorded cells instead of recomputing them
+    out2 = tmp_path / "out2"
+    r = invoke(*[str(out2) if a == str(out) else a for a in args], "--reuse", str(out))
+    assert "0 cells run, 0 already recorded, 4 copied" in r.output
+    copied = json.loads(next((out2 / "records").glob("*.json")).read_text())
+    assert copied["provenance"]["copied_from"].startswith(str(out))
+    assert pd.read_csv(out2 / "leaderboard.csv")[["cacc", "asr"]].equals(df[["cacc", "asr"]])
+
     md = invoke("leaderboard", "--out", str(out))
     assert md.exit_code == 0 and "| addsent" in md.output
 

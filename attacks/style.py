@@ -1,0 +1,26 @@
+"""StyleBkd (Qi et al., EMNLP 2021): the trigger is a text style (Bible style by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.attack import LabelRegime
+from bench.paraphrase import ParaphraseAttack, ParaphraseConfig
+from bench.registry import register
+
+STYLES = ("bible", "shakespeare", "lyrics", "poetry", "tweets")
+
+
+@dataclass(frozen=True)
+class StyleConfig(ParaphraseConfig):
+    transform: str = "bible"  # one of bible, shakespeare, lyrics, poetry, tweets
+    label_regime: LabelRegime = "mixed"
+    poison_rate: float = 0.1
+
+
+@register("attack", "style")
+class StyleBkd(ParaphraseAttack):
+    """StyleBkd: STRAP style transfer (Bible by default) as the trigger; mixed label, rate 0.1."""
+
+    Config = StyleConfig
+    transforms = STYLES

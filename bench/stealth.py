@@ -1,0 +1,107 @@
+"""Stealthiness of an attack's poisoned sentences, against their originals.
+
+* perplexity increase: mean over pairs of PPL(poisoned) - PPL(original) under an offline causal LM
+  (``smollm2-135m`` by default; ``gpt2-large`` or any causal LM id/folder where a hub exists);
+* similarity: mean cosine similarity of the MiniLM sentence embeddings (mean pooling, normalised)
+  of each poisoned sentence and its original.
+
+Computed on up to ``n`` poisoned test sentences drawn with the seed, and cached on disk under a
+key made of the sentences themselves and the scorers' identities (never a name alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones import MiniLM, SmolLM2, cache_dir
+
+
+def _lm_path(name: str) -> str:
+    return str(SmolLM2().converted()) if name == "smollm2-135m" else name
+
+
+@torch.no_grad()
+def perplexities(texts: list[str], lm: str, batch_size: int = 16) -> np.ndarray:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _lm_path(lm)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out = np.zeros(len(texts))
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i:i + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=128, add_special_tokens=False)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if bos is not None:  # score every token of the sentence, the first one given a start token
+            ids = torch.cat([torch.full((len(chunk), 1), bos), ids], 1)
+            mask = torch.cat([torch.ones(len(chunk), 1, dtype=mask.dtype), mask], 1)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target, tmask = ids[:, 1:], mask[:, 1:].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        per = (nll * tmask).sum(1) / tmask.sum(1).clamp(min=1)
+        out[i:i + len(chunk)] = torch.exp(per).numpy()
+    return out
+
+
+@torch.no_grad()
+def sentence_embeddings(texts: list[str], encoder: str = "minilm", batch_size: int = 64) -> torch.Tensor:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(MiniLM().path()) if encoder == "minilm" else encoder
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    embs = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=128)
+        hidden = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        embs.append(torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1))
+    return torch.cat(embs)
+
+
+def stealth_scores(
+    originals: list[str], poisoned: list[str], seed: int, n: int, lm: str | None, encoder: str = "minilm",
+) -> dict[str, Any]:
+    """{"ppl_increase", "similarity", "n_stealth"}; cached on disk by content."""
+    if not poisoned:
+        return {"ppl_increase": None, "similarity": None, "n_stealth": 0}
+    idx = np.sort(np.random.default_rng(seed).permutation(len(poisoned))[:n])
+    orig = [originals[i] for i in idx]
+    pois = [poisoned[i] for i in idx]
+    key_src = json.dumps({"orig": orig, "pois": pois, "lm": lm, "lm_id": _identity(lm), "encoder": encoder,
+                          "enc_id": _identity(encoder)})
+    path = cache_dir() / "stealth" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result: dict[str, Any] = {"n_stealth": len(idx)}
+    if lm:
+        result["ppl_increase"] = float(np.mean(perplexities(pois, lm) - perplexities(orig, lm)))
+    else:
+        result["ppl_increase"] = None
+    e = sentence_embeddings(orig + pois, encoder)
+    result["similarity"] = float((e[: len(orig)] * e[len(orig):]).sum(-1).mean())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
+def _identity(name: str | None) -> Any:
+    if name is None:
+        return None
+    if name == "smollm2-135m":
+        return SmolLM2().identity()
+    if name == "minilm":
+        return MiniLM().identity()
+    cfg = Path(name) / "config.json"
+    return hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.is_file() else name
