@@ -27,8 +27,9 @@ CELL_KEY = [
     "settings",
 ]
 COLUMNS = CELL_KEY[:4] + [
-    "seed", "cacc", "asr", "poison_rate", "label_regime", "target_label", "trigger_count", "n_poisoned",
-    "n_train", "train_skipped_no_transform", "test_skipped_no_transform", "n_test_clean", "n_test_poison", "ppl_increase", "similarity", "uses_clean_reference", "n_reference",
+    "seed", "cacc", "asr", "clean_to_target", "poison_rate", "label_regime", "target_label", "trigger_count", "n_poisoned",
+    "n_train", "train_skipped_no_transform", "test_skipped_no_transform", "n_test_clean", "n_test_poison", "ppl_increase", "ppl_increase_median", "similarity", "uses_clean_reference",
+    "n_reference",
     "best_epoch",
     "dev_acc", "train_seconds", "sec_per_step", "profile", "settings", "key",
 ]
@@ -36,7 +37,7 @@ METRICS = ["cacc", "asr"]
 # the Markdown table shows these (the CSV has every column)
 MD_COLUMNS = [
     "dataset", "backbone", "attack", "defense", "seed", "label_regime", "poison_rate", "target_label",
-    "trigger_count", "cacc", "asr", "n_test_clean", "n_test_poison", "ppl_increase", "similarity", "n_reference",
+    "trigger_count", "cacc", "asr", "clean_to_target", "n_test_clean", "n_test_poison", "ppl_increase", "similarity", "n_reference",
     "train_seconds", "settings",
 ]
 
@@ -118,14 +119,15 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     from tabulate import tabulate
 
     shown = df[MD_COLUMNS].copy()
-    for col in ("cacc", "asr"):
+    for col in ("cacc", "asr", "clean_to_target"):
         shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}" if pd.notna(v) else "")
     shown["ppl_increase"] = shown["ppl_increase"].map(lambda v: f"{v:+.1f}" if pd.notna(v) else "")
     shown["similarity"] = shown["similarity"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
     lines.append("CACC and ASR in percent. " + (
         "CACC: accuracy on the full clean test set. ASR: share of the non-target test rows, trigger applied, "
-        "predicted as the target label. Model kept: best clean dev accuracy. Stealthiness, on poisoned test "
+        "predicted as the target label. clean_to_target: the same rate on those rows without the trigger (what "
+        "the model does with no backdoor). Model kept: best clean dev accuracy. Stealthiness, on poisoned test "
         "sentences against their originals: ppl_increase (perplexity under the profile's causal LM) and "
         "similarity (MiniLM sentence-embedding cosine)."
     ))

@@ -153,7 +153,7 @@ def run_cell(
             "so ASR is undefined"
         )
 
-    stealth = {"ppl_increase": None, "similarity": None, "n_stealth": 0}
+    stealth = {"ppl_increase": None, "ppl_increase_median": None, "similarity": None, "n_stealth": 0}
     if prof.stealth_samples > 0:
         stealth = stealth_scores(
             poisoned.test_poison["orig_text"], poisoned.test_poison["text"], cell.seed, prof.stealth_samples,
@@ -180,6 +180,9 @@ def run_cell(
     poison_pred = cell.defense.predict(list(poisoned.test_poison["text"]), classify, ctx)
     cacc = clean_accuracy(clean_pred, poisoned.test_clean["label"])
     asr = attack_success_rate(poison_pred, poisoned.target_label)
+    # the same rate without the trigger: non-target clean test rows predicted as the target
+    nontarget = np.asarray(poisoned.test_clean["label"]) != poisoned.target_label
+    clean_to_target = attack_success_rate(np.asarray(clean_pred)[nontarget], poisoned.target_label)
     wall = time.perf_counter() - t0
 
     config = cell_config(cell, data)
@@ -197,13 +200,15 @@ def run_cell(
     row = {
         "dataset": cell.dataset, "backbone": cell.backbone, "attack": cell.attack.name,
         "defense": cell.defense.name, "seed": cell.seed, "cacc": cacc, "asr": asr,
+        "clean_to_target": clean_to_target,
         "poison_rate": cell.attack.config.poison_rate, "label_regime": cell.attack.config.label_regime,
         "target_label": poisoned.target_label, "trigger_count": cell.attack.trigger_count,
         "n_poisoned": counts["n_poisoned"], "n_train": counts["n_train"],
         "train_skipped_no_transform": counts["train_skipped_no_transform"],
         "test_skipped_no_transform": counts["test_skipped_no_transform"],
         "n_test_clean": counts["n_test_clean"], "n_test_poison": counts["n_test_poison"],
-        "ppl_increase": stealth["ppl_increase"], "similarity": stealth["similarity"],
+        "ppl_increase": stealth["ppl_increase"], "ppl_increase_median": stealth["ppl_increase_median"],
+        "similarity": stealth["similarity"],
         "uses_clean_reference": n_ref > 0, "n_reference": n_ref, "best_epoch": result.best_epoch,
         "dev_acc": result.best_dev_acc, "train_seconds": round(result.train_seconds, 1),
         "sec_per_step": round(result.seconds_per_step, 4), "profile": prof.name,

@@ -71,9 +71,9 @@ def sentence_embeddings(texts: list[str], encoder: str = "minilm", batch_size: i
 def stealth_scores(
     originals: list[str], poisoned: list[str], seed: int, n: int, lm: str | None, encoder: str = "minilm",
 ) -> dict[str, Any]:
-    """{"ppl_increase", "similarity", "n_stealth"}; cached on disk by content."""
+    """{"ppl_increase", "ppl_increase_median", "similarity", "n_stealth"}; cached on disk by content."""
     if not poisoned:
-        return {"ppl_increase": None, "similarity": None, "n_stealth": 0}
+        return {"ppl_increase": None, "ppl_increase_median": None, "similarity": None, "n_stealth": 0}
     idx = np.sort(np.random.default_rng(seed).permutation(len(poisoned))[:n])
     orig = [originals[i] for i in idx]
     pois = [poisoned[i] for i in idx]
@@ -83,10 +83,11 @@ def stealth_scores(
     if path.is_file():
         return json.loads(path.read_text())
     result: dict[str, Any] = {"n_stealth": len(idx)}
+    result["ppl_increase"] = result["ppl_increase_median"] = None
     if lm:
-        result["ppl_increase"] = float(np.mean(perplexities(pois, lm) - perplexities(orig, lm)))
-    else:
-        result["ppl_increase"] = None
+        diff = perplexities(pois, lm) - perplexities(orig, lm)
+        result["ppl_increase"] = float(np.mean(diff))  # the field's delta-PPL: mean(poisoned) - mean(original)
+        result["ppl_increase_median"] = float(np.median(diff))  # robust to the heavy tail of perplexities
     e = sentence_embeddings(orig + pois, encoder)
     result["similarity"] = float((e[: len(orig)] * e[len(orig):]).sum(-1).mean())
     path.parent.mkdir(parents=True, exist_ok=True)
