@@ -151,6 +151,7 @@ def write_leaderboard(out_dir: Path) -> pd.DataFrame:
     """Rebuild ``leaderboard.csv`` and ``leaderboard.md`` from the records in ``out_dir``."""
     out_dir = Path(out_dir)
     records = load_records(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     df = records_frame(records)
     df.to_csv(out_dir / "leaderboard.csv", index=False)
     commits = sorted({r["provenance"]["git"]["commit"][:10] for r in records})

@@ -22,6 +22,9 @@ import torch
 from .backbones import MiniLM, SmolLM2, cache_dir
 
 
+CACHE_FORMAT = 2  # bump when the cached fields change
+
+
 def _lm_path(name: str) -> str:
     return str(SmolLM2().converted()) if name == "smollm2-135m" else name
 
@@ -77,7 +80,7 @@ def stealth_scores(
     idx = np.sort(np.random.default_rng(seed).permutation(len(poisoned))[:n])
     orig = [originals[i] for i in idx]
     pois = [poisoned[i] for i in idx]
-    key_src = json.dumps({"orig": orig, "pois": pois, "lm": lm, "lm_id": _identity(lm), "encoder": encoder,
+    key_src = json.dumps({"format": CACHE_FORMAT, "orig": orig, "pois": pois, "lm": lm, "lm_id": _identity(lm), "encoder": encoder,
                           "enc_id": _identity(encoder)})
     path = cache_dir() / "stealth" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
     if path.is_file():
