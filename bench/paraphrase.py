@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .attack import Attack, AttackConfig
 from .backbones import cache_dir
-from .data import DataError
+from .data import DataError, TextDataset
 
 
 class ParaphraseTable:
@@ -150,9 +152,6 @@ def generator_from_config(cfg: Any) -> ParaphraseGenerator:
 
 # --- the attack base ------------------------------------------------------------------------------
 
-from .attack import Attack, AttackConfig  # noqa: E402  (after the sources it uses)
-from .data import TextDataset  # noqa: E402
-
 
 @dataclass(frozen=True)
 class ParaphraseConfig(AttackConfig):
@@ -196,8 +195,6 @@ class ParaphraseAttack(Attack):
         return out
 
     def available(self, texts, split, data):
-        import numpy as np
-
         self._check_transform()
         if self.config.generator:
             out = self._generated(texts, split, data)

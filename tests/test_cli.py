@@ -124,3 +124,16 @@ def test_compare_rejects_a_file_that_is_not_a_leaderboard(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     r = runner.invoke(app, ["compare", str(tmp_path / "x.csv"), str(tmp_path / "x.csv")])
     assert r.exit_code == 2 and "missing column(s)" in r.output
+
+
+def test_cost_command_writes_the_ratio_table(toy_dir, tmp_path):
+    out = tmp_path / "cost"
+    r = invoke("cost", "--dataset", str(toy_dir), "--backbone", "tiny-bert", "--profile", "smoke",
+               "--refresh", "1", "--refresh", "3", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    text = (out / "cost.md").read_text()
+    assert "x_lora" in text and text.count("| badnets") == 3
+    df = pd.read_csv(out / "leaderboard.csv")
+    # refresh_every=1 is musclelora's default, so only k=3 shows in the settings column
+    assert sorted(df.settings.fillna("")) == ["", "", "musclelora.refresh_every=3"]
+    assert sorted(df.defense) == ["lora", "musclelora", "musclelora"]
