@@ -25,7 +25,14 @@ from .defense import Defense, DefenseContext
 from .metrics import attack_success_rate, clean_accuracy
 from .profiles import PROFILES, Profile
 from .results import (
-    append_run, config_key, git_state, load_records, provenance, record_path, write_json_atomic, write_leaderboard,
+    append_run,
+    config_key,
+    git_state,
+    load_records,
+    provenance,
+    record_path,
+    write_json_atomic,
+    write_leaderboard,
 )
 from .seeding import torch_seeded
 from .stealth import stealth_scores

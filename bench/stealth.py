@@ -21,7 +21,6 @@ import torch
 
 from .backbones import MiniLM, SmolLM2, cache_dir
 
-
 CACHE_FORMAT = 2  # bump when the cached fields change
 
 

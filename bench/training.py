@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .defense import Defense, StepState
 from .seeding import torch_seeded

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import global_rng_state
 
 from bench import registry
 from bench.attack import AttackError
 from bench.config import build_config
-
-from conftest import global_rng_state
 
 ATTACKS = registry.names("attack")
 

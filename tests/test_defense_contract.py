@@ -1,12 +1,11 @@
 """Contract tests run over every registered defense (a new defense file is picked up automatically)."""
 
 import pytest
+from conftest import global_rng_state
 
 from bench import registry
 from bench.profiles import get_profile
 from bench.runner import DataCache, plan, run_cell
-
-from conftest import global_rng_state
 
 DEFENSES = registry.names("defense")
 BACKBONES = ["tiny-bert", "tiny-roberta", "tiny-llama"]

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import write_toy_dataset
 
 from bench import registry
 from bench.config import build_config
 from bench.data import DataError, load_csv_folder
-
-from conftest import write_toy_dataset
 
 
 def make(name, **settings):
