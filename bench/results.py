@@ -47,7 +47,12 @@ class ResultsError(ValueError):
 
 
 def config_key(config: dict) -> str:
-    """A hash of a cell configuration's content (the record's file name)."""
+    """A hash of a cell configuration's content (the record's file name).
+
+    The profile's ``plugin_settings`` are left out: they only set plugin configs, which the key
+    already holds as resolved values, so tuning one plugin there does not invalidate other cells.
+    """
+    config = {**config, "profile": {k: v for k, v in config.get("profile", {}).items() if k != "plugin_settings"}}
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -254,8 +254,9 @@ def run_grid(
     git = git_state()  # the code this process runs is the code as it was when it started
     cache = DataCache(data_dir)
     t0 = time.perf_counter()
-    done = {r["key"] for r in load_records(out_dir)}
-    elsewhere = {r["key"]: (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
+    # keys recomputed from each record's stored configuration (robust to how keys were once hashed)
+    done = {config_key(r["config"]): r["key"] for r in load_records(out_dir)}
+    elsewhere = {config_key(r["config"]): (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
     todo, skipped, copied = [], 0, 0
     for cell in cells:  # resolve data and keys first: bad data fails before any training
         key = config_key(cell_config(cell, cache.get(cell.dataset)))
@@ -263,9 +264,11 @@ def run_grid(
             skipped += 1
         elif key in elsewhere and not force:
             src, rec = elsewhere[key]
-            rec = {**rec, "provenance": {**rec["provenance"], "copied_from": str(src / "records" / f"{key}.json")}}
+            origin = str(src / "records" / f"{rec['key']}.json")
+            rec = {**rec, "key": key, "row": {**rec["row"], "key": key},
+                   "provenance": {**rec["provenance"], "copied_from": origin}}
             write_json_atomic(record_path(out_dir, key), rec)
-            done.add(key)
+            done[key] = key
             copied += 1
         else:
             todo.append(cell)
@@ -283,6 +286,9 @@ def run_grid(
             rec = run_cell(cell, cache.get(cell.dataset), on_step=on_step, git=git)
             steps.close()
             rec["provenance"]["command"] = command
+            old = done.get(rec["key"])
+            if old and old != rec["key"]:  # a --force rerun of a record stored under an older key
+                record_path(out_dir, old).unlink(missing_ok=True)
             write_json_atomic(record_path(out_dir, rec["key"]), rec)
             write_leaderboard(out_dir)
             ran += 1

@@ -137,3 +137,21 @@ def test_cost_command_writes_the_ratio_table(toy_dir, tmp_path):
     # refresh_every=1 is musclelora's default, so only k=3 shows in the settings column
     assert sorted(df.settings.fillna("")) == ["", "", "musclelora.refresh_every=3"]
     assert sorted(df.defense) == ["lora", "musclelora", "musclelora"]
+
+
+def test_profile_plugin_settings_do_not_change_other_cells_keys(toy_dir):
+    import dataclasses
+
+    from bench.profiles import get_profile
+    from bench.results import config_key
+    from bench.runner import DataCache, cell_config, plan
+
+    data = DataCache().get(str(toy_dir))
+    base = get_profile("smoke")
+    tuned = dataclasses.replace(base, plugin_settings=("musclelora.reference_size=120",))
+    keys = {}
+    for prof in (base, tuned):
+        for cell in plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "musclelora"], [1], prof):
+            keys.setdefault(cell.defense.name, set()).add(config_key(cell_config(cell, data)))
+    assert len(keys["none"]) == 1  # unaffected by a musclelora setting
+    assert len(keys["musclelora"]) == 2  # its resolved config changed, so its key did
