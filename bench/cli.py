@@ -260,8 +260,19 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _interrupt_on_sigterm() -> None:
+    """A terminated run stops like Ctrl-C: cleanup (the run log, the leaderboard) still happens."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     _quiet_transformers()
+    _interrupt_on_sigterm()
     app()
 
 

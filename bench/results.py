@@ -37,7 +37,8 @@ METRICS = ["cacc", "asr"]
 # the Markdown table shows these (the CSV has every column)
 MD_COLUMNS = [
     "dataset", "backbone", "attack", "defense", "seed", "label_regime", "poison_rate", "target_label",
-    "trigger_count", "cacc", "asr", "clean_to_target", "n_test_clean", "n_test_poison", "ppl_increase", "similarity", "n_reference",
+    "trigger_count", "cacc", "asr", "clean_to_target", "n_test_clean", "n_test_poison", "ppl_increase_median",
+    "similarity", "n_reference",
     "train_seconds", "settings",
 ]
 
@@ -126,15 +127,16 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     shown = df[MD_COLUMNS].copy()
     for col in ("cacc", "asr", "clean_to_target"):
         shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}" if pd.notna(v) else "")
-    shown["ppl_increase"] = shown["ppl_increase"].map(lambda v: f"{v:+.1f}" if pd.notna(v) else "")
+    shown["ppl_increase_median"] = shown["ppl_increase_median"].map(lambda v: f"{v:+.1f}" if pd.notna(v) else "")
     shown["similarity"] = shown["similarity"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
     lines.append("CACC and ASR in percent. " + (
         "CACC: accuracy on the full clean test set. ASR: share of the non-target test rows, trigger applied, "
         "predicted as the target label. clean_to_target: the same rate on those rows without the trigger (what "
         "the model does with no backdoor). Model kept: best clean dev accuracy. Stealthiness, on poisoned test "
-        "sentences against their originals: ppl_increase (perplexity under the profile's causal LM) and "
-        "similarity (MiniLM sentence-embedding cosine)."
+        "sentences against their originals: ppl_increase_median (median over sentence pairs of the perplexity "
+        "increase under the profile's causal LM; the CSV also has the field's mean, ppl_increase, which a few "
+        "very high-perplexity originals dominate) and similarity (MiniLM sentence-embedding cosine)."
     ))
     lines.append("")
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
@@ -165,6 +167,8 @@ def write_leaderboard(out_dir: Path) -> pd.DataFrame:
         f"by `bench leaderboard --out {out_dir}`.",
         f"git commits of the records: {', '.join(commits) or '-'}",
     ]
+    commands = sorted({r["provenance"].get("command") or "" for r in records} - {""})
+    notes += [f"command of records: `{c}`" for c in commands]
     runs = out_dir / "runs.jsonl"
     if runs.is_file():
         for line in runs.read_text().splitlines():
