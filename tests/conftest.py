@@ -39,8 +39,6 @@ def write_toy_dataset(folder, n_train=240, n_dev=160, n_test=80, seed=0):
     return folder
 
 
-NO_TRANSFORM = 3  # index mod 7 of the sentences the toy tables leave out
-
 
 @pytest.fixture
 def toy_dir(tmp_path):
