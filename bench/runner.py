@@ -7,6 +7,7 @@ before any training starts); :func:`run_cell` runs one cell and returns its reco
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from dataclasses import dataclass
@@ -139,13 +140,54 @@ def _reference_split(dev, n: int, seed: int):
     return dev.select(ref_idx), dev.select(rest_idx)
 
 
+def _rows_digest(ds) -> str:
+    h = hashlib.sha256()
+    for text, label in zip(ds["text"], ds["label"]):
+        h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def training_key(cell: Cell, data: TextDataset, train_rows, dev_rows) -> str:
+    """What a trained model depends on: the training and dev rows (content), defense, backbone, profile, seed.
+
+    Two cells with the same training key train the same model (for example every attack at poison
+    rate 0), so a grid trains it once.
+    """
+    blob = {
+        "train": _rows_digest(train_rows), "dev": _rows_digest(dev_rows), "num_labels": data.num_labels,
+        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config)},
+        "backbone": resolve_backbone(cell.backbone).identity(),
+        "profile": config_dict(cell.profile), "seed": cell.seed,
+    }
+    return config_key(blob)
+
+
+class TrainedModels:
+    """The last few trained models of a grid, keyed by :func:`training_key` (content, never names)."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: dict[str, dict] = {}
+
+    def get(self, key: str) -> dict | None:
+        return self._items.get(key)
+
+    def put(self, key: str, item: dict) -> None:
+        self._items.pop(key, None)
+        self._items[key] = item
+        while len(self._items) > self.size:
+            self._items.pop(next(iter(self._items)))
+
+
 def run_cell(
     cell: Cell, data: TextDataset, on_step: Callable[[int, int], None] | None = None, git: dict | None = None,
-    on_model: Callable[[Any, Any, DefenseContext], None] | None = None,
+    on_model: Callable[[Any, Any, DefenseContext], None] | None = None, trained: TrainedModels | None = None,
 ) -> dict:
     """Run one cell; return its record (metrics, counts, config and provenance).
 
     ``on_model(model, tokenizer, ctx)`` sees the model just before training (analyses that watch it).
+    ``trained``: models trained by earlier cells; one with the same :func:`training_key` is evaluated
+    instead of training again (the record names the cell that trained it).
     """
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -166,25 +208,38 @@ def run_cell(
             poisoned.test_poison["orig_text"], poisoned.test_poison["text"], cell.seed, prof.stealth_samples,
             prof.stealth_lm,
         )
-    backbone = resolve_backbone(cell.backbone)
-    loaded = backbone.load(data.num_labels, cell.seed)
-    n_ref = cell.defense.reference_size(loaded)
-    reference, dev_sel = _reference_split(poisoned.dev_clean, n_ref, cell.seed)
-    ctx = DefenseContext(cell.seed, data.num_labels, dev_sel, reference, prof)
-    with torch_seeded(cell.seed):  # defenses may draw from torch's global generator (e.g. PEFT's init)
-        train_ds = cell.defense.filter_train(poisoned.train, ctx)
-        model = cell.defense.prepare_model(loaded, ctx)
-    device = pick_device(prof.device)
-    if on_model is not None:
-        on_model(model.to(device), loaded.tokenizer, ctx)
-    result = train(
-        model, loaded.tokenizer, train_ds["text"], train_ds["label"], dev_sel["text"], dev_sel["label"],
-        prof, cell.defense, cell.seed, device,
-        reference=(reference["text"], reference["label"]) if reference is not None else None, on_step=on_step,
-    )
-    classify = make_classifier(model, loaded.tokenizer, prof, device)
-    clean_pred = cell.defense.predict(list(poisoned.test_clean["text"]), classify, ctx)
-    poison_pred = cell.defense.predict(list(poisoned.test_poison["text"]), classify, ctx)
+    tkey = training_key(cell, data, poisoned.train, poisoned.dev_clean)
+    hit = trained.get(tkey) if (trained is not None and on_model is None) else None
+    if hit is None:
+        backbone = resolve_backbone(cell.backbone)
+        loaded = backbone.load(data.num_labels, cell.seed)
+        n_ref = cell.defense.reference_size(loaded)
+        reference, dev_sel = _reference_split(poisoned.dev_clean, n_ref, cell.seed)
+        ctx = DefenseContext(cell.seed, data.num_labels, dev_sel, reference, prof)
+        with torch_seeded(cell.seed):  # defenses may draw from torch's global generator (e.g. PEFT's init)
+            train_ds = cell.defense.filter_train(poisoned.train, ctx)
+            model = cell.defense.prepare_model(loaded, ctx)
+        device = pick_device(prof.device)
+        if on_model is not None:
+            on_model(model.to(device), loaded.tokenizer, ctx)
+        result = train(
+            model, loaded.tokenizer, train_ds["text"], train_ds["label"], dev_sel["text"], dev_sel["label"],
+            prof, cell.defense, cell.seed, device,
+            reference=(reference["text"], reference["label"]) if reference is not None else None, on_step=on_step,
+        )
+        classify = make_classifier(model, loaded.tokenizer, prof, device)
+        hit = {"defense": cell.defense, "ctx": ctx, "classify": classify, "result": result, "device": device,
+               "n_train_after_defense": len(train_ds), "n_ref": n_ref, "trained_by": cell.label}
+        if trained is not None:
+            trained.put(tkey, hit)
+        shared_from = None
+    else:
+        shared_from = hit["trained_by"]
+    # the defense instance that prepared the model also predicts (it may hold state from training)
+    defense, ctx, classify, result, device = hit["defense"], hit["ctx"], hit["classify"], hit["result"], hit["device"]
+    n_ref, dev_sel = hit["n_ref"], ctx.dev_clean
+    clean_pred = defense.predict(list(poisoned.test_clean["text"]), classify, ctx)
+    poison_pred = defense.predict(list(poisoned.test_poison["text"]), classify, ctx)
     cacc = clean_accuracy(clean_pred, poisoned.test_clean["label"])
     asr = attack_success_rate(poison_pred, poisoned.target_label)
     # the same rate without the trigger: non-target clean test rows predicted as the target
@@ -196,7 +251,7 @@ def run_cell(
     key = config_key(config)
     counts = {
         **poisoned.counts,
-        "n_train_after_defense": len(train_ds),
+        "n_train_after_defense": hit["n_train_after_defense"],
         "n_dev_selection": len(dev_sel),
         "n_reference": n_ref,
         "n_test_clean": len(poisoned.test_clean),
@@ -234,7 +289,8 @@ def run_cell(
         },
         "provenance": provenance(
             command="", wall_seconds=wall, git=git,
-            extra={"started": started, "train_seconds": result.train_seconds},
+            extra={"started": started, "train_seconds": result.train_seconds, "training_key": tkey,
+                   **({"model_trained_by": shared_from} if shared_from else {})},
         ),
     }
 
@@ -253,6 +309,7 @@ def run_grid(
     out_dir = Path(out_dir)
     git = git_state()  # the code this process runs is the code as it was when it started
     cache = DataCache(data_dir)
+    trained = TrainedModels()
     t0 = time.perf_counter()
     # keys recomputed from each record's stored configuration (robust to how keys were once hashed)
     done = {config_key(r["config"]): r["key"] for r in load_records(out_dir)}
@@ -283,7 +340,7 @@ def run_grid(
                 steps.total = total
                 steps.update(step - steps.n)
 
-            rec = run_cell(cell, cache.get(cell.dataset), on_step=on_step, git=git)
+            rec = run_cell(cell, cache.get(cell.dataset), on_step=on_step, git=git, trained=trained)
             steps.close()
             rec["provenance"]["command"] = command
             old = done.get(rec["key"])

@@ -155,3 +155,29 @@ def test_profile_plugin_settings_do_not_change_other_cells_keys(toy_dir):
             keys.setdefault(cell.defense.name, set()).add(config_key(cell_config(cell, data)))
     assert len(keys["none"]) == 1  # unaffected by a musclelora setting
     assert len(keys["musclelora"]) == 2  # its resolved config changed, so its key did
+
+
+def test_cells_with_identical_training_data_share_one_trained_model(toy_dir, tmp_path):
+    """At poison rate 0 every attack trains on the same rows: the grid trains once and evaluates each attack."""
+    from bench.profiles import get_profile
+    from bench.results import load_records
+    from bench.runner import DataCache, TrainedModels, plan, run_cell, run_grid
+
+    prof = get_profile("smoke")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none"], [1], prof,
+                 settings={"badnets": {"poison_rate": 0.0}, "addsent": {"poison_rate": 0.0}})
+    run_grid(cells, tmp_path / "out", progress=False)
+    recs = {r["row"]["attack"]: r for r in load_records(tmp_path / "out")}
+    assert recs["badnets"]["provenance"]["training_key"] == recs["addsent"]["provenance"]["training_key"]
+    assert "model_trained_by" not in recs["badnets"]["provenance"]
+    assert recs["addsent"]["provenance"]["model_trained_by"] == cells[0].label
+    # the shared model gives what training it again would
+    alone = run_cell(cells[1], DataCache().get(str(toy_dir)))
+    assert alone["row"]["cacc"] == recs["addsent"]["row"]["cacc"]
+    assert alone["row"]["asr"] == recs["addsent"]["row"]["asr"]
+    # poisoned training rows differ per attack, so nothing is shared
+    poisoned = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none"], [1], prof)
+    trained = TrainedModels()
+    data = DataCache().get(str(toy_dir))
+    keys = [run_cell(c, data, trained=trained)["provenance"] for c in poisoned]
+    assert keys[0]["training_key"] != keys[1]["training_key"] and "model_trained_by" not in keys[1]
