@@ -53,9 +53,12 @@ PROFILES = {
         "max length 128",
         train_size=3000, epochs=3, batch_size=32, learning_rate=5e-5, adapter_learning_rate=1e-3, max_length=128,
         group_by_length=True,
-        # measured on minilm (results/musclelora/README.md): with 3 epochs, alignment to 96 reference
-        # samples caps clean accuracy near 77 %; 384 gives higher CACC and lower ASR
-        plugin_settings=("musclelora.reference_size=384", "ga-lora.reference_size=384", "ga.reference_size=384"),
+        # measured on minilm (README "MuScleLoRA on MiniLM", results/tuning): with 3 epochs, alignment
+        # to 96 reference samples caps clean accuracy near 77 %; 384 gives higher CACC and lower ASR.
+        # ga_epoch=0: no raw-gradient phase in the first epoch (with 3 epochs the reference loss falls
+        # below 0.4 within epoch 0, and those raw steps taught the backdoor: ASR 55 % against 12 %)
+        plugin_settings=("musclelora.reference_size=384", "musclelora.ga_epoch=0", "ga-lora.reference_size=384",
+                         "ga.reference_size=384"),
     ),
     "paper": Profile(
         name="paper",
