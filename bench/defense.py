@@ -61,6 +61,9 @@ class Defense:
     Config: type = NoConfig
     # True for parameter-efficient defenses: they train at the profile's adapter_learning_rate
     parameter_efficient: bool = False
+    # part of every record key when not 1: bump it when a default resolved at run time (for example
+    # "None: pick by backbone") changes meaning, so old records are not taken for new ones
+    version: int = 1
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -122,7 +122,8 @@ def cell_config(cell: Cell, data: TextDataset) -> dict:
         "backbone": resolve_backbone(cell.backbone).identity(),
         "attack": {"name": cell.attack.name, "config": config_dict(cell.attack.config),
                    **cell.attack.source_identity(data)},
-        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config)},
+        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config),
+                    **({"version": cell.defense.version} if cell.defense.version != 1 else {})},
         "profile": config_dict(cell.profile),
         "seed": cell.seed,
     }
@@ -155,7 +156,8 @@ def training_key(cell: Cell, data: TextDataset, train_rows, dev_rows) -> str:
     """
     blob = {
         "train": _rows_digest(train_rows), "dev": _rows_digest(dev_rows), "num_labels": data.num_labels,
-        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config)},
+        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config),
+                    "version": cell.defense.version},
         "backbone": resolve_backbone(cell.backbone).identity(),
         "profile": config_dict(cell.profile), "seed": cell.seed,
     }

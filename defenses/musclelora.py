@@ -73,6 +73,7 @@ class MuscleLoRA(Defense):
 
     Config = MuscleLoRAConfig
     parameter_efficient = True
+    version = 2  # 2: narrow encoders (MiniLM) default to scales [1,2,3,4] (1: the BERT-base list)
 
     def reference_size(self, loaded: LoadedModel) -> int:
         if not self.config.use_alignment:
@@ -123,6 +124,7 @@ class GradientAlignment(MuscleLoRA):
 
     Config = GAConfig
     parameter_efficient = False  # full fine-tuning: the profile's learning_rate
+    version = 1  # no multi-scale layer: unchanged by the version-2 scale default
 
 
 @dataclass(frozen=True)
@@ -147,3 +149,4 @@ class GALoRA(MuscleLoRA):
     """MuScleLoRA ablation: LoRA with gradient alignment to 96 clean samples, no multi-scale layer."""
 
     Config = GALoRAConfig
+    version = 1  # no multi-scale layer: unchanged by the version-2 scale default

@@ -181,3 +181,15 @@ def test_cells_with_identical_training_data_share_one_trained_model(toy_dir, tmp
     data = DataCache().get(str(toy_dir))
     keys = [run_cell(c, data, trained=trained)["provenance"] for c in poisoned]
     assert keys[0]["training_key"] != keys[1]["training_key"] and "model_trained_by" not in keys[1]
+
+
+def test_a_plugin_version_bump_changes_its_keys_only(toy_dir):
+    from bench.profiles import get_profile
+    from bench.runner import DataCache, cell_config, plan
+
+    data = DataCache().get(str(toy_dir))
+    cells = {c.defense.name: c for c in plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "musclelora", "ga"],
+                                             [1], get_profile("smoke"))}
+    assert "version" not in cell_config(cells["none"], data)["defense"]  # version 1 leaves old keys as they were
+    assert "version" not in cell_config(cells["ga"], data)["defense"]
+    assert cell_config(cells["musclelora"], data)["defense"]["version"] == cells["musclelora"].defense.version >= 2
