@@ -56,9 +56,10 @@ PROFILES = {
         # measured on minilm (README "MuScleLoRA on MiniLM", results/tuning): with 3 epochs, alignment
         # to 96 reference samples caps clean accuracy near 77 %; 384 gives higher CACC and lower ASR.
         # ga_epoch=0: no raw-gradient phase in the first epoch (with 3 epochs the reference loss falls
-        # below 0.4 within epoch 0, and those raw steps taught the backdoor: ASR 55 % against 12 %)
+        # below 0.4 within epoch 0, and those raw steps taught the backdoor: ASR 55 % against 12 %);
+        # the ablations with alignment (ga, ga-lora) use the same schedule
         plugin_settings=("musclelora.reference_size=384", "musclelora.ga_epoch=0", "ga-lora.reference_size=384",
-                         "ga.reference_size=384"),
+                         "ga-lora.ga_epoch=0", "ga.reference_size=384", "ga.ga_epoch=0"),
     ),
     "paper": Profile(
         name="paper",
