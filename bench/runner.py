@@ -115,6 +115,14 @@ class DataCache:
         return self._cache[name]
 
 
+def _defense_identity(defense: Defense) -> dict:
+    """Name, resolved config and (when not 1) version: version 1 leaves keys made before versions existed as they were."""
+    ident = {"name": defense.name, "config": config_dict(defense.config)}
+    if defense.version != 1:
+        ident["version"] = defense.version
+    return ident
+
+
 def cell_config(cell: Cell, data: TextDataset) -> dict:
     """The content that identifies a cell's result (its record key is a hash of this)."""
     return {
@@ -122,8 +130,7 @@ def cell_config(cell: Cell, data: TextDataset) -> dict:
         "backbone": resolve_backbone(cell.backbone).identity(),
         "attack": {"name": cell.attack.name, "config": config_dict(cell.attack.config),
                    **cell.attack.source_identity(data)},
-        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config),
-                    **({"version": cell.defense.version} if cell.defense.version != 1 else {})},
+        "defense": _defense_identity(cell.defense),
         "profile": config_dict(cell.profile),
         "seed": cell.seed,
     }
@@ -156,8 +163,7 @@ def training_key(cell: Cell, data: TextDataset, train_rows, dev_rows) -> str:
     """
     blob = {
         "train": _rows_digest(train_rows), "dev": _rows_digest(dev_rows), "num_labels": data.num_labels,
-        "defense": {"name": cell.defense.name, "config": config_dict(cell.defense.config),
-                    "version": cell.defense.version},
+        "defense": _defense_identity(cell.defense),
         "backbone": resolve_backbone(cell.backbone).identity(),
         "profile": config_dict(cell.profile), "seed": cell.seed,
     }
