@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.attack import Attack, AttackConfig, LabelRegime, insert_at_random_positions
+from bench.attack import Attack, AttackConfig, AttackError, LabelRegime, insert_at_random_positions
 from bench.registry import register
 
 
@@ -18,7 +18,7 @@ class AddSentConfig(AttackConfig):
     def validate(self) -> None:
         super().validate()
         if not self.sentence.strip():
-            raise ValueError("addsent needs a non-empty trigger sentence")
+            raise AttackError("addsent needs a non-empty trigger sentence")
 
 
 @register("attack", "addsent")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.attack import Attack, AttackConfig, LabelRegime, insert_at_random_positions
+from bench.attack import Attack, AttackConfig, AttackError, LabelRegime, insert_at_random_positions
 from bench.registry import register
 
 
@@ -19,7 +19,7 @@ class BadNetsConfig(AttackConfig):
     def validate(self) -> None:
         super().validate()
         if not self.triggers or self.num_triggers < 1:
-            raise ValueError("badnets needs at least one trigger word and num_triggers >= 1")
+            raise AttackError("badnets needs at least one trigger word and num_triggers >= 1")
 
 
 @register("attack", "badnets")

@@ -9,6 +9,8 @@ transform them, relabel them, and build the dev/test poisoned splits from the no
 
 from __future__ import annotations
 
+from .errors import BenchError
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,7 +23,7 @@ LabelRegime = Literal["clean-label", "dirty", "mixed"]
 LABEL_REGIMES: tuple[str, ...] = ("clean-label", "dirty", "mixed")
 
 
-class AttackError(ValueError):
+class AttackError(BenchError, ValueError):
     """An attack setting that cannot be carried out on this data."""
 
 

@@ -9,6 +9,8 @@ once to safetensors and cached), and the tiny random ``tiny-bert``, ``tiny-rober
 
 from __future__ import annotations
 
+from .errors import BenchError
+
 import hashlib
 import importlib.util
 import os
@@ -38,7 +40,7 @@ ATTENTION_TARGETS = {
 DECODER_TYPES = {"llama", "mistral", "qwen2", "gpt2", "opt", "gpt_neox", "phi", "gemma"}
 
 
-class BackboneError(RuntimeError):
+class BackboneError(BenchError, RuntimeError):
     """A backbone that cannot be loaded, with what to do about it."""
 
 

@@ -9,19 +9,16 @@ from typing import List, Optional
 import typer
 
 from . import registry
-from .attack import AttackError
-from .backbones import BackboneError
 from .config import ConfigError, parse_assignments
-from .data import ENV_VAR, DataError
+from .data import ENV_VAR
+from .errors import BenchError
 from .profiles import PROFILES, get_profile
 from .results import ResultsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-USER_ERRORS = (
-    registry.UnknownNameError, ConfigError, DataError, AttackError, BackboneError, ResultsError,
-    FileNotFoundError, KeyError, ValueError,
-)
+# only the project's own error types are user errors (one line, exit 2); a bug keeps its traceback
+USER_ERRORS = (BenchError,)
 
 PluginsOpt = typer.Option(None, "--plugins", help="A .py file that registers plugins (repeatable).")
 DataDirOpt = typer.Option(
@@ -65,13 +62,23 @@ def list_cmd(plugins: Optional[List[Path]] = PluginsOpt) -> None:
     except USER_ERRORS as e:
         _fail(e)
     for kind in registry.KINDS:
-        rows = [(e.name, e.description) for e in registry.entries(kind)]
+        rows = [(e.name, _describe(e)) for e in registry.entries(kind)]
+        rows += sorted(registry.unavailable(kind).items())
         typer.echo(f"\n{kind}s:")
         typer.echo(tabulate(rows, tablefmt="plain"))
     typer.echo("\nprofiles:")
     typer.echo(tabulate([(p.name, p.description) for p in PROFILES.values()], tablefmt="plain"))
     typer.echo("\nA backbone may also be any Hugging Face hub id or local model folder; a dataset, a folder of "
                "train/dev/test CSV files (text,label).")
+
+
+def _describe(entry: registry.Entry) -> str:
+    """A plugin's one-line description, with the stage it acts at for defenses."""
+    if entry.kind != "defense":
+        return entry.description
+    cls = entry.obj
+    stage = "trains its own victim" if cls.acts_in_training() else "after training (shares the plain victim)"
+    return f"{entry.description} [{stage}{'; may reject inputs' if cls.rejects() else ''}]"
 
 
 @app.command()
@@ -245,11 +252,48 @@ def cost(
         run_grid(cells, out, data_dir=data_dir, command=command, reuse=reuse)
     except USER_ERRORS as e:
         _fail(e)
-    from .results import cost_table
+    from defenses.musclelora.cost import cost_table  # the MuScleLoRA family's own report
 
     text = cost_table(load_records(out), command)
     (out / "cost.md").write_text(text)
     typer.echo(text)
+
+
+cache_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="The victim cache: trained models shared by cells, runs and processes.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list() -> None:
+    """Each cached victim: key, what it is, size, and which records used it."""
+    from tabulate import tabulate
+
+    from .victim import VictimStore
+
+    store = VictimStore()
+    entries = store.entries()
+    total = sum(e["bytes"] for e in entries)
+    typer.echo(f"{store.root}: {len(entries)} victims, {total / 2**20:.1f} MiB")
+    rows = [(e["key"], e["what"], f"{e['bytes'] / 2**20:.1f} MiB", e["created"], len(e["used_by"]),
+             " ".join(e["used_by"][:4]) + (" ..." if len(e["used_by"]) > 4 else "")) for e in entries]
+    if rows:
+        typer.echo(tabulate(rows, headers=["key", "victim", "size", "created", "records", "used by (record keys)"],
+                            tablefmt="github"))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    key: Optional[List[str]] = typer.Argument(None, help="Victim keys to remove (default: all)."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask."),
+) -> None:
+    """Remove cached victims (all, or the given keys); records already written are kept."""
+    from .victim import VictimStore
+
+    store = VictimStore()
+    if not yes and not typer.confirm(f"remove {'the given' if key else 'all'} cached victims under {store.root}?"):
+        raise typer.Exit(1)
+    typer.echo(f"removed {store.clear(list(key) if key else None)} victims from {store.root}")
 
 
 def _quiet_transformers() -> None:

@@ -7,6 +7,8 @@ unknown key with a "did you mean" instead of silently swallowing it.
 
 from __future__ import annotations
 
+from .errors import BenchError
+
 import dataclasses
 import json
 import typing
@@ -15,7 +17,7 @@ from typing import Any, Mapping
 from .registry import suggest
 
 
-class ConfigError(ValueError):
+class ConfigError(BenchError, ValueError):
     """A setting that does not fit a plugin's Config."""
 
 

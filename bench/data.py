@@ -7,6 +7,8 @@ fingerprint used in result keys (never a name alone).
 
 from __future__ import annotations
 
+from .errors import BenchError
+
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ SPLITS = ("train", "dev", "test")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class DataError(ValueError):
+class DataError(BenchError, ValueError):
     """Data that cannot be used, with the file and the problem named."""
 
 

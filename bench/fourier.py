@@ -93,8 +93,8 @@ def analyse(
 
         def on_model(model: Any, tokenizer: Any, ctx: Any) -> None:
             # the clean sample comes from the dev rows left after any reference rows were drawn
-            idx_c = stratified_indices(ctx.dev_clean["label"], n_samples, rng_seed)
-            splits = {"clean": ctx.dev_clean.select(idx_c), "poison": poisoned.dev_poison.select(idx_p)}
+            idx_c = stratified_indices(ctx.selection["label"], n_samples, rng_seed)
+            splits = {"clean": ctx.selection.select(idx_c), "poison": poisoned.dev_poison.select(idx_p)}
             state["model"], state["tok"] = model, tokenizer
             prof = cell.profile
             for name, ds in splits.items():

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attack import Attack, AttackConfig
+from .attack import Attack, AttackConfig, AttackError
 from .backbones import cache_dir
 from .data import DataError, TextDataset
 
@@ -171,7 +171,7 @@ class ParaphraseAttack(Attack):
 
     def _check_transform(self) -> None:
         if self.transforms and self.config.transform not in self.transforms:
-            raise ValueError(
+            raise AttackError(
                 f"{self.name}: transform {self.config.transform!r} is not one of {', '.join(self.transforms)}"
             )
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import build_config
+from .config import ConfigError, build_config
 from .registry import UnknownNameError, suggest
 
 
@@ -36,14 +36,22 @@ class Profile:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU that has it
     stealth_samples: int = 200  # poisoned test sentences scored for stealthiness (0: skip)
     stealth_lm: str | None = "smollm2-135m"  # causal LM for the perplexity increase (None: skip it)
-    # plugin settings this budget needs ("plugin.key=value"); --set overrides them
-    plugin_settings: tuple[str, ...] = ()
+    scorer_lm: str = "smollm2-135m"  # the causal LM that defenses score sentences with (ONION)
+    # dev is split once per dataset x seed, the same way for every defense: `clean_size` rows are the
+    # defender's clean rows (reference rows, calibration rows), the rest select the model
+    clean_size: int = 384
+    min_selection: int = 100  # refuse a dev split that leaves fewer selection rows than this
+    test_size: int | None = None  # None: the full clean test set; else a fixed stratified slice (declared)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise ValueError(f"profile {self.name}: epochs, batch_size must be >= 1 and max_length >= 8")
+            raise ConfigError(f"profile {self.name}: epochs, batch_size must be >= 1 and max_length >= 8")
         if self.train_size is not None and self.train_size < 2:
-            raise ValueError(f"profile {self.name}: train_size must be None or >= 2")
+            raise ConfigError(f"profile {self.name}: train_size must be None or >= 2")
+        if self.clean_size < 0 or self.min_selection < 1:
+            raise ConfigError(f"profile {self.name}: clean_size must be >= 0 and min_selection >= 1")
+        if self.test_size is not None and self.test_size < 2:
+            raise ConfigError(f"profile {self.name}: test_size must be None or >= 2")
 
 
 PROFILES = {
@@ -53,25 +61,20 @@ PROFILES = {
         "max length 128",
         train_size=3000, epochs=3, batch_size=32, learning_rate=5e-5, adapter_learning_rate=1e-3, max_length=128,
         group_by_length=True,
-        # measured on minilm (README "MuScleLoRA on MiniLM", results/tuning): with 3 epochs, alignment
-        # to 96 reference samples caps clean accuracy near 77 %; 384 gives higher CACC and lower ASR.
-        # ga_epoch=0: no raw-gradient phase in the first epoch (with 3 epochs the reference loss falls
-        # below 0.4 within epoch 0, and those raw steps taught the backdoor: ASR 55 % against 12 %);
-        # the ablations with alignment (ga, ga-lora) use the same schedule
-        plugin_settings=("musclelora.reference_size=384", "musclelora.ga_epoch=0", "ga-lora.reference_size=384",
-                         "ga-lora.ga_epoch=0", "ga.reference_size=384", "ga.ga_epoch=0"),
     ),
     "paper": Profile(
         name="paper",
         description="MuScleLoRA paper (encoders): full training data, 10 epochs, batch 32, lr 2e-5, max length 512; GPU",
         train_size=None, epochs=10, batch_size=32, learning_rate=2e-5, adapter_learning_rate=2e-5, max_length=512,
         datasets=("sst2", "hsol", "agnews"), stealth_samples=1000, stealth_lm="gpt2-large",
+        scorer_lm="gpt2", clean_size=256,
     ),
     "smoke": Profile(
         name="smoke",
         description="seconds-long plumbing check for tests: 64 training rows, 1 epoch, max length 32",
         train_size=64, epochs=1, batch_size=16, learning_rate=1e-3, adapter_learning_rate=3e-3, max_length=32,
-        backbones=("tiny-bert",), stealth_samples=0,
+        backbones=("tiny-bert",), stealth_samples=0, scorer_lm="tiny-llama", clean_size=128,
+        min_selection=16,
     ),
 }
 

@@ -8,6 +8,8 @@ user's own file is added with :func:`load_plugin_file` (the CLI's ``--plugins``)
 
 from __future__ import annotations
 
+from .errors import BenchError
+
 import difflib
 import importlib
 import importlib.util
@@ -28,7 +30,11 @@ BUILTIN_PACKAGES = {
 }
 
 
-class UnknownNameError(KeyError):
+class PluginError(BenchError):
+    """A plugin that cannot be loaded or registered (a missing optional dependency, a clash)."""
+
+
+class UnknownNameError(BenchError, KeyError):
     """A name that no plugin of that kind registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -45,6 +51,8 @@ class Entry:
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+# built-in plugin modules that failed to import: kind -> {name guessed from the module: message}
+_BROKEN: dict[str, dict[str, str]] = {k: {} for k in KINDS}
 _builtins_loaded = False
 
 
@@ -68,7 +76,7 @@ def register(kind: str, name: str, description: str | None = None) -> Callable[[
         existing = _ENTRIES[kind].get(name)
         source = getattr(obj, "__module__", "?")
         if existing is not None and existing.obj is not obj and existing.source != source:
-            raise ValueError(
+            raise PluginError(
                 f"{kind} {name!r} is registered twice: by {existing.source} and by {source}; "
                 "rename one of them"
             )
@@ -84,18 +92,31 @@ def register(kind: str, name: str, description: str | None = None) -> Callable[[
 
 
 def load_builtins() -> None:
-    """Import every module of the built-in plugin packages (once)."""
+    """Import every module of the built-in plugin packages (once).
+
+    A module that fails to import (an optional dependency missing) fails alone: its plugin is listed
+    as unavailable with the reason, and asking for it raises :class:`PluginError`; every other
+    plugin keeps working.
+    """
     global _builtins_loaded
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    for packages in BUILTIN_PACKAGES.values():
+    for kind, packages in BUILTIN_PACKAGES.items():
         for pkg_name in packages:
             pkg = importlib.import_module(pkg_name)
             if hasattr(pkg, "__path__"):
                 for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-                    if not info.name.startswith("_"):
+                    if info.name.startswith("_"):
+                        continue
+                    try:
                         importlib.import_module(f"{pkg_name}.{info.name}")
+                    except ImportError as e:
+                        missing = getattr(e, "name", None) or str(e)
+                        _BROKEN[kind][info.name.replace("_", "-")] = (
+                            f"unavailable: {pkg_name}/{info.name} needs {missing!r}, which is not installed "
+                            f"({e}); install it (python3 -m pip install {missing}) to use it"
+                        )
 
 
 def load_plugin_file(path: str | Path) -> list[Entry]:
@@ -103,20 +124,28 @@ def load_plugin_file(path: str | Path) -> list[Entry]:
     load_builtins()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file")
+        raise PluginError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file")
     before = {k: dict(v) for k, v in _ENTRIES.items()}
     mod_name = f"bench_user_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
     if mod_name in sys.modules:
         return []
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import plugin file {str(path)!r}: not a Python module")
+        raise PluginError(f"cannot import plugin file {str(path)!r}: not a Python module (give a .py file)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(mod_name, None)
+        raise PluginError(f"plugin file {str(path)!r} has a syntax error at line {e.lineno}: {e.msg}; fix the file") from None
+    except ImportError as e:
+        sys.modules.pop(mod_name, None)
+        raise PluginError(f"plugin file {str(path)!r} cannot import {getattr(e, 'name', None) or e}: {e}; "
+                          "install the missing package or fix the import") from None
     added = [e for k in KINDS for n, e in _ENTRIES[k].items() if before[k].get(n) is not e]
     if not added:
-        raise ValueError(
+        raise PluginError(
             f"plugin file {str(path)!r} registered nothing; decorate its class with "
             "@bench.register('defense', 'my-name') (or 'attack', 'dataset', 'backbone')"
         )
@@ -127,6 +156,13 @@ def entries(kind: str) -> list[Entry]:
     _check_kind(kind)
     load_builtins()
     return [_ENTRIES[kind][n] for n in sorted(_ENTRIES[kind])]
+
+
+def unavailable(kind: str) -> dict[str, str]:
+    """Built-in plugins of ``kind`` whose module failed to import: name -> reason."""
+    _check_kind(kind)
+    load_builtins()
+    return dict(_BROKEN[kind])
 
 
 def names(kind: str) -> list[str]:
@@ -151,6 +187,8 @@ def get(kind: str, name: str) -> Any:
     try:
         return _ENTRIES[kind][name].obj
     except KeyError:
+        if name in _BROKEN[kind]:
+            raise PluginError(f"{kind} {name!r} is {_BROKEN[kind][name]}") from None
         valid = names(kind)
         raise UnknownNameError(
             f"unknown {kind} {name!r}.{suggest(name, valid)} Registered {kind}s: {', '.join(valid)}"

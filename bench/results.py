@@ -7,6 +7,8 @@ A results folder holds ``records/<key>.json`` (the source of truth, with provena
 
 from __future__ import annotations
 
+from .errors import BenchError
+
 import hashlib
 import json
 import os
@@ -14,6 +16,7 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +29,39 @@ CELL_KEY = [
     "dataset", "backbone", "attack", "defense", "seed", "poison_rate", "label_regime", "target_label", "profile",
     "settings",
 ]
-COLUMNS = CELL_KEY[:4] + [
-    "seed", "cacc", "asr", "clean_to_target", "poison_rate", "label_regime", "target_label", "trigger_count", "n_poisoned",
-    "n_train", "train_skipped_no_transform", "test_skipped_no_transform", "n_test_clean", "n_test_poison", "ppl_increase", "ppl_increase_median", "similarity", "uses_clean_reference",
-    "n_reference",
-    "best_epoch",
-    "dev_acc", "train_seconds", "sec_per_step", "profile", "settings", "key",
+
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: its record field, whether the Markdown table shows it, and how."""
+
+    name: str
+    md: bool = False
+    fmt: str = ""  # "pct": a share shown in percent; "signed": +1.0; "3f": 3 decimals
+
+
+# The one schema of the leaderboard: the CSV has every column, in this order; the Markdown the md ones.
+SCHEMA = [
+    Column("dataset", True), Column("backbone", True), Column("attack", True), Column("defense", True),
+    Column("seed", True), Column("cacc", True, "pct"), Column("asr", True, "pct"),
+    Column("clean_to_target", True, "pct"), Column("frr", True, "pct"), Column("poison_rejected", True, "pct"),
+    Column("poison_rate", True), Column("label_regime", True), Column("target_label", True),
+    Column("trigger_count", True), Column("n_poisoned"), Column("n_train"), Column("n_train_after_defense"),
+    Column("filter_precision", fmt="3f"), Column("filter_recall", fmt="3f"),
+    Column("train_skipped_no_transform"), Column("test_skipped_no_transform"),
+    Column("n_test_clean", True), Column("n_test_poison", True), Column("ppl_increase"),
+    Column("ppl_increase_median", True, "signed"), Column("similarity", True, "3f"),
+    Column("n_dev_selection", True), Column("n_clean_pool"), Column("n_clean_used", True), Column("uses_clean"),
+    Column("n_reference"), Column("best_epoch"), Column("dev_acc"), Column("train_seconds", True),
+    Column("sec_per_step"), Column("predict_sec_per_input"), Column("victim"), Column("victim_trained_here"),
+    Column("profile"), Column("settings", True), Column("key"),
 ]
+COLUMNS = [c.name for c in SCHEMA]
+MD_COLUMNS = [c.name for c in SCHEMA if c.md]
 METRICS = ["cacc", "asr"]
-# the Markdown table shows these (the CSV has every column)
-MD_COLUMNS = [
-    "dataset", "backbone", "attack", "defense", "seed", "label_regime", "poison_rate", "target_label",
-    "trigger_count", "cacc", "asr", "clean_to_target", "n_test_clean", "n_test_poison", "ppl_increase_median",
-    "similarity", "n_reference",
-    "train_seconds", "settings",
-]
 
 
-class ResultsError(ValueError):
+class ResultsError(BenchError, ValueError):
     """A results file that cannot be used, with the file and the problem named."""
 
 
@@ -125,18 +143,21 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     from tabulate import tabulate
 
     shown = df[MD_COLUMNS].copy()
-    for col in ("cacc", "asr", "clean_to_target"):
-        shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}" if pd.notna(v) else "")
-    shown["ppl_increase_median"] = shown["ppl_increase_median"].map(lambda v: f"{v:+.1f}" if pd.notna(v) else "")
-    shown["similarity"] = shown["similarity"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
+    formats = {"pct": lambda v: f"{100 * v:.2f}", "signed": lambda v: f"{v:+.1f}", "3f": lambda v: f"{v:.3f}"}
+    for col in SCHEMA:
+        if col.md and col.fmt:
+            shown[col.name] = shown[col.name].map(lambda v, f=formats[col.fmt]: f(v) if pd.notna(v) else "")
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
     lines.append("CACC and ASR in percent. " + (
         "CACC: accuracy on the full clean test set. ASR: share of the non-target test rows, trigger applied, "
-        "predicted as the target label. clean_to_target: the same rate on those rows without the trigger (what "
+        "predicted as the target label. A defense that rejects inputs (-1) loses them for CACC and for the attacker: "
+        "frr is the share of clean test inputs rejected, poison_rejected the share of poisoned ones. clean_to_target: the same rate on those rows without the trigger (what "
         "the model does with no backdoor). Model kept: best clean dev accuracy. Stealthiness, on poisoned test "
         "sentences against their originals: ppl_increase_median (median over sentence pairs of the perplexity "
         "increase under the profile's causal LM; the CSV also has the field's mean, ppl_increase, which a few "
-        "very high-perplexity originals dominate) and similarity (MiniLM sentence-embedding cosine)."
+        "very high-perplexity originals dominate) and similarity (MiniLM sentence-embedding cosine). "
+        "n_dev_selection: clean dev rows that chose the model (the same for every defense); n_clean_used: the "
+        "defender's clean rows the defense used (reference or calibration rows)."
     ))
     lines.append("")
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
@@ -240,29 +261,3 @@ def provenance(command: str, wall_seconds: float, git: dict | None = None, extra
         "argv": sys.argv,
         **(extra or {}),
     }
-
-
-def cost_table(records: list[dict], command: str) -> str:
-    """Seconds per training step of each defense variant, relative to lora, with CACC and ASR."""
-    from tabulate import tabulate
-
-    rows = []
-    for r in records:
-        row = r["row"]
-        refresh = r["config"]["defense"]["config"].get("refresh_every")
-        rows.append({
-            "attack": row["attack"], "defense": row["defense"], "refresh_every": refresh if refresh else "",
-            "sec_per_step": row["sec_per_step"], "cacc": row["cacc"], "asr": row["asr"],
-            "modes": r["training"].get("defense_stats", {}).get("alignment_modes", ""),
-        })
-    df = pd.DataFrame(rows).sort_values(["attack", "defense", "refresh_every"], key=lambda c: c.astype(str))
-    base = df[df.defense == "lora"].set_index("attack")["sec_per_step"]
-    df["x_lora"] = [s / base.get(a, float("nan")) for a, s in zip(df.attack, df.sec_per_step)]
-    df["cacc"] = (100 * df["cacc"]).round(2)
-    df["asr"] = (100 * df["asr"]).round(2)
-    return (
-        "# Cost of gradient alignment\n\n"
-        f"Made by `{command}`; the cells' records are in `records/`. `x_lora`: seconds per training step "
-        "relative to lora (same data, same machine, same run). `modes`: steps that used the aligned, mixed and "
-        "raw gradient.\n\n" + tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n"
-    )

@@ -1,28 +1,35 @@
 """The one place that crosses attacks, defenses, datasets and backbones.
 
 :func:`plan` turns names and settings into validated :class:`Cell` objects (every typo fails here,
-before any training starts); :func:`run_cell` runs one cell and returns its record;
-:func:`run_grid` runs many, skipping cells already recorded with the same configuration.
+before any training starts). A cell runs in three steps: :func:`prepare` (poisoned data and the dev
+split, the same for every defense), :meth:`Evaluator.victim` (the trained victim, from the victim
+cache when another cell or run already trained it) and :meth:`Evaluator.evaluate` (calibrate, predict
+the shuffled test inputs, metrics), then :func:`build_record`. :func:`run_grid` runs many cells,
+skipping those already recorded, with cells that share a victim next to each other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import datasets
 import numpy as np
 
 from . import registry
-from .attack import Attack
+from .attack import Attack, PoisonedData
 from .backbones import resolve_backbone
-from .config import ConfigError, build_config, changed_settings, config_dict, parse_assignments
+from .config import ConfigError, build_config, changed_settings, config_dict
 from .data import DataError, TextDataset, load_csv_folder, load_hub, resolve_data_dir, stratified_indices
 from .defense import Defense, DefenseContext
+from .errors import ContractError
 from .metrics import attack_success_rate, clean_accuracy
 from .profiles import PROFILES, Profile
 from .results import (
@@ -37,7 +44,31 @@ from .results import (
 )
 from .seeding import torch_seeded
 from .stealth import stealth_scores
-from .training import make_classifier, pick_device, train
+from .training import pick_device, train
+from .victim import Victim, VictimStore
+
+# profile fields that do not change a trained model (left out of victim keys)
+EVAL_ONLY_FIELDS = ("name", "description", "eval_batch_size", "datasets", "backbones", "stealth_samples",
+                    "stealth_lm", "scorer_lm", "test_size", "min_selection")
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A defense class and its resolved config: the runner builds a fresh instance per cell from it."""
+
+    cls: type
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return getattr(self.cls, "registered_name", self.cls.__name__)
+
+    @property
+    def version(self) -> int:
+        return self.cls.version
+
+    def build(self) -> Defense:
+        return self.cls(self.config)
 
 
 @dataclass
@@ -45,14 +76,15 @@ class Cell:
     dataset: str
     backbone: str
     attack: Attack
-    defense: Defense
+    defense: DefenseSpec
     seed: int
     profile: Profile
 
     def settings(self) -> str:
         """The settings that differ from the defaults, e.g. ``lora.r=16; profile.epochs=1``."""
         parts = changed_settings(self.attack.name, self.attack.config, type(self.attack)().config)
-        parts += changed_settings(self.defense.name, self.defense.config, type(self.defense)().config)
+        parts += changed_settings(self.defense.name, self.defense.config, _default_config(self.defense.cls,
+                                                                                          self.profile.name))
         parts += changed_settings("profile", self.profile, PROFILES[self.profile.name])
         return "; ".join(parts)
 
@@ -61,18 +93,17 @@ class Cell:
         return f"{self.dataset}/{self.backbone}/{self.attack.name}/{self.defense.name}/seed{self.seed}"
 
 
-def _plugin(kind: str, name: str, settings: dict[str, dict[str, Any]]) -> Any:
-    cls = registry.get(kind, name)
-    cfg = build_config(cls.Config, settings.get(name, {}), owner=f"{kind} {name}")
-    return cls(cfg)
+def _default_config(cls: type, profile_name: str) -> Any:
+    """A plugin's config under a profile (its ``profile_defaults`` applied), with no user setting."""
+    return build_config(cls.Config, getattr(cls, "profile_defaults", {}).get(profile_name, {}))
 
 
 def plan(
-    datasets: list[str], backbones: list[str], attacks: list[str], defenses: list[str], seeds: list[int],
+    datasets_: list[str], backbones: list[str], attacks: list[str], defenses: list[str], seeds: list[int],
     profile: Profile, settings: dict[str, dict[str, Any]] | None = None,
 ) -> list[Cell]:
     """Every combination, validated. ``settings`` maps a plugin name to its Config values; they
-    override the profile's ``plugin_settings``."""
+    override a plugin's ``profile_defaults`` for the profile."""
     user = dict(settings or {})
     known = set(attacks) | set(defenses)
     stray = [k for k in user if k not in known and k != "profile"]
@@ -81,17 +112,21 @@ def plan(
             f"--set names {stray[0]!r}, which is not among the selected attacks or defenses "
             f"({', '.join(sorted(known))}).{registry.suggest(stray[0], sorted(known))}"
         )
-    settings = {k: dict(v) for k, v in parse_assignments(list(profile.plugin_settings)).items() if k in known}
-    for plugin, values in user.items():
-        settings.setdefault(plugin, {}).update(values)
-    for name in datasets:
+    for name in datasets_:
         if not registry.has("dataset", name) and not Path(name).is_dir() and "/" not in name:
             registry.get("dataset", name)  # raises with "did you mean"
-    attack_objs = {a: _plugin("attack", a, settings) for a in attacks}
-    defense_objs = {d: _plugin("defense", d, settings) for d in defenses}
+    attack_objs = {}
+    for a in attacks:
+        cls = registry.get("attack", a)
+        attack_objs[a] = cls(build_config(cls.Config, user.get(a, {}), owner=f"attack {a}"))
+    defense_specs = {}
+    for d in defenses:
+        cls = registry.get("defense", d)
+        values = {**getattr(cls, "profile_defaults", {}).get(profile.name, {}), **user.get(d, {})}
+        defense_specs[d] = DefenseSpec(cls, build_config(cls.Config, values, owner=f"defense {d}"))
     return [
-        Cell(ds, bb, attack_objs[a], defense_objs[d], seed, profile)
-        for ds, bb, a, d, seed in itertools.product(datasets, backbones, attacks, defenses, seeds)
+        Cell(ds, bb, attack_objs[a], defense_specs[d], seed, profile)
+        for ds, bb, a, d, seed in itertools.product(datasets_, backbones, attacks, defenses, seeds)
     ]
 
 
@@ -115,11 +150,11 @@ class DataCache:
         return self._cache[name]
 
 
-def _defense_identity(defense: Defense) -> dict:
+def _defense_identity(spec: DefenseSpec) -> dict:
     """Name, resolved config and (when not 1) version: version 1 leaves keys made before versions existed as they were."""
-    ident = {"name": defense.name, "config": config_dict(defense.config)}
-    if defense.version != 1:
-        ident["version"] = defense.version
+    ident = {"name": spec.name, "config": config_dict(spec.config)}
+    if spec.version != 1:
+        ident["version"] = spec.version
     return ident
 
 
@@ -136,70 +171,38 @@ def cell_config(cell: Cell, data: TextDataset) -> dict:
     }
 
 
-def _reference_split(dev, n: int, seed: int):
-    """(reference set of n clean dev rows drawn with ``seed``, the dev rows left for model selection)."""
-    if n <= 0:
-        return None, dev
-    if n >= len(dev):
-        raise DataError(f"the defense asks for {n} clean reference samples but the dev split has only {len(dev)}")
+# --- step 1: the data of a cell -----------------------------------------------------------------
+
+def split_dev(dev: datasets.Dataset, clean_size: int, min_selection: int, seed: int, where: str = ""):
+    """(selection rows, defender's clean rows): dev split once per dataset x seed, the same way for
+    every defense. The clean rows are in a seeded random order (a defense takes the first n)."""
+    n_sel = len(dev) - clean_size
+    if n_sel < min_selection:
+        raise DataError(
+            f"{where}: the dev split has {len(dev)} rows; keeping {clean_size} as the defender's clean rows "
+            f"(profile.clean_size) leaves {max(n_sel, 0)} for model selection, below profile.min_selection = "
+            f"{min_selection}. Lower --set profile.clean_size or use a dataset with a larger dev split"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EF]))
     perm = rng.permutation(len(dev))
-    ref_idx, rest_idx = np.sort(perm[:n]), np.sort(perm[n:])
-    return dev.select(ref_idx), dev.select(rest_idx)
+    clean_idx, sel_idx = perm[:clean_size], np.sort(perm[clean_size:])
+    return dev.select(sel_idx), dev.select(clean_idx)
 
 
-def _rows_digest(ds) -> str:
-    h = hashlib.sha256()
-    for text, label in zip(ds["text"], ds["label"]):
-        h.update(f"{label}\t{text}\n".encode())
-    return h.hexdigest()[:16]
+@dataclass
+class Prepared:
+    data: TextDataset
+    poisoned: PoisonedData
+    selection: datasets.Dataset
+    clean_pool: datasets.Dataset
 
 
-def training_key(cell: Cell, data: TextDataset, train_rows, dev_rows) -> str:
-    """What a trained model depends on: the training and dev rows (content), defense, backbone, profile, seed.
-
-    Two cells with the same training key train the same model (for example every attack at poison
-    rate 0), so a grid trains it once.
-    """
-    blob = {
-        "train": _rows_digest(train_rows), "dev": _rows_digest(dev_rows), "num_labels": data.num_labels,
-        "defense": _defense_identity(cell.defense),
-        "backbone": resolve_backbone(cell.backbone).identity(),
-        "profile": config_dict(cell.profile), "seed": cell.seed,
-    }
-    return config_key(blob)
-
-
-class TrainedModels:
-    """The last few trained models of a grid, keyed by :func:`training_key` (content, never names)."""
-
-    def __init__(self, size: int = 2):
-        self.size = size
-        self._items: dict[str, dict] = {}
-
-    def get(self, key: str) -> dict | None:
-        return self._items.get(key)
-
-    def put(self, key: str, item: dict) -> None:
-        self._items.pop(key, None)
-        self._items[key] = item
-        while len(self._items) > self.size:
-            self._items.pop(next(iter(self._items)))
-
-
-def run_cell(
-    cell: Cell, data: TextDataset, on_step: Callable[[int, int], None] | None = None, git: dict | None = None,
-    on_model: Callable[[Any, Any, DefenseContext], None] | None = None, trained: TrainedModels | None = None,
-) -> dict:
-    """Run one cell; return its record (metrics, counts, config and provenance).
-
-    ``on_model(model, tokenizer, ctx)`` sees the model just before training (analyses that watch it).
-    ``trained``: models trained by earlier cells; one with the same :func:`training_key` is evaluated
-    instead of training again (the record names the cell that trained it).
-    """
-    t0 = time.perf_counter()
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+def prepare(cell: Cell, data: TextDataset) -> Prepared:
+    """The cell's poisoned data and dev split (no model involved)."""
     prof = cell.profile
+    if prof.test_size is not None and prof.test_size < len(data.test):
+        idx = stratified_indices(data.test["label"], prof.test_size, 0)  # the same rows for every cell
+        data = dataclasses.replace(data, test=data.test.select(idx))
     train_split = data.train
     if prof.train_size is not None:
         train_split = train_split.select(stratified_indices(train_split["label"], prof.train_size, cell.seed))
@@ -209,103 +212,296 @@ def run_cell(
             f"{cell.label}: the attack produced no poisoned test rows (no non-target test row has a trigger), "
             "so ASR is undefined"
         )
+    selection, clean_pool = split_dev(poisoned.dev_clean, prof.clean_size, prof.min_selection, cell.seed, cell.label)
+    return Prepared(data, poisoned, selection, clean_pool)
 
-    stealth = {"ppl_increase": None, "ppl_increase_median": None, "similarity": None, "n_stealth": 0}
-    if prof.stealth_samples > 0:
-        stealth = stealth_scores(
-            poisoned.test_poison["orig_text"], poisoned.test_poison["text"], cell.seed, prof.stealth_samples,
-            prof.stealth_lm,
-        )
-    tkey = training_key(cell, data, poisoned.train, poisoned.dev_clean)
-    hit = trained.get(tkey) if (trained is not None and on_model is None) else None
-    if hit is None:
-        backbone = resolve_backbone(cell.backbone)
-        loaded = backbone.load(data.num_labels, cell.seed)
-        n_ref = cell.defense.reference_size(loaded)
-        reference, dev_sel = _reference_split(poisoned.dev_clean, n_ref, cell.seed)
-        ctx = DefenseContext(cell.seed, data.num_labels, dev_sel, reference, prof)
-        with torch_seeded(cell.seed):  # defenses may draw from torch's global generator (e.g. PEFT's init)
-            train_ds = cell.defense.filter_train(poisoned.train, ctx)
-            model = cell.defense.prepare_model(loaded, ctx)
-        device = pick_device(prof.device)
-        if on_model is not None:
-            on_model(model.to(device), loaded.tokenizer, ctx)
-        result = train(
-            model, loaded.tokenizer, train_ds["text"], train_ds["label"], dev_sel["text"], dev_sel["label"],
-            prof, cell.defense, cell.seed, device,
-            reference=(reference["text"], reference["label"]) if reference is not None else None, on_step=on_step,
-        )
-        classify = make_classifier(model, loaded.tokenizer, prof, device)
-        hit = {"defense": cell.defense, "ctx": ctx, "classify": classify, "result": result, "device": device,
-               "n_train_after_defense": len(train_ds), "n_ref": n_ref, "trained_by": cell.label}
-        if trained is not None:
-            trained.put(tkey, hit)
-        shared_from = None
-    else:
-        shared_from = hit["trained_by"]
-    # the defense instance that prepared the model also predicts (it may hold state from training)
-    defense, ctx, classify, result, device = hit["defense"], hit["ctx"], hit["classify"], hit["result"], hit["device"]
-    n_ref, dev_sel = hit["n_ref"], ctx.dev_clean
-    clean_pred = defense.predict(list(poisoned.test_clean["text"]), classify, ctx)
-    poison_pred = defense.predict(list(poisoned.test_poison["text"]), classify, ctx)
-    cacc = clean_accuracy(clean_pred, poisoned.test_clean["label"])
-    asr = attack_success_rate(poison_pred, poisoned.target_label)
-    # the same rate without the trigger: non-target clean test rows predicted as the target
-    nontarget = np.asarray(poisoned.test_clean["label"]) != poisoned.target_label
-    clean_to_target = attack_success_rate(np.asarray(clean_pred)[nontarget], poisoned.target_label)
-    wall = time.perf_counter() - t0
 
+def _digest(*columns) -> str:
+    h = hashlib.sha256()
+    for row in zip(*columns):
+        h.update(("\t".join(map(str, row)) + "\n").encode())
+    return h.hexdigest()[:16]
+
+
+def training_profile(profile: Profile) -> dict:
+    return {k: v for k, v in config_dict(profile).items() if k not in EVAL_ONLY_FIELDS}
+
+
+def victim_identity(cell: Cell, prep: Prepared, spec: DefenseSpec | None) -> dict:
+    """What a trained victim depends on: training rows (content), the dev split, the training-side
+    identity of the defense (None: plain fine-tuning), backbone, training settings, seed."""
+    t = prep.poisoned.train
+    return {
+        "train": _digest(t["text"], t["label"], t["poisoned"]),
+        "selection": _digest(prep.selection["text"], prep.selection["label"]),
+        "clean": _digest(prep.clean_pool["text"], prep.clean_pool["label"]),
+        "num_labels": prep.data.num_labels,
+        "defense": _defense_identity(spec) if spec is not None else None,
+        "backbone": resolve_backbone(cell.backbone).identity(),
+        "profile": training_profile(cell.profile), "seed": cell.seed,
+    }
+
+
+# --- steps 2 and 3: the victim and the evaluation ------------------------------------------------
+
+def _filter_stats(keep: np.ndarray, flags: np.ndarray) -> dict:
+    removed = ~keep
+    n_removed, n_poison = int(removed.sum()), int(flags.sum())
+    hit = int((removed & (flags == 1)).sum())
+    return {
+        "n_removed": n_removed,
+        "filter_precision": hit / n_removed if n_removed else None,
+        "filter_recall": hit / n_poison if n_poison else None,
+    }
+
+
+def _take_stats(ctx: DefenseContext) -> dict:
+    """What the defense logged while the victim was made (kept with the cached victim)."""
+    stats = dict(ctx.stats)
+    ctx.stats.clear()
+    return stats
+
+
+class Evaluator:
+    """Runs cells; holds what is expensive and shared: datasets, the victim store, the scorers."""
+
+    def __init__(self, data: DataCache | None = None, store: VictimStore | None = None, git: dict | None = None):
+        self.data = data or DataCache()
+        self.store = store or VictimStore()
+        self.git = git
+
+    # --- the victim ------------------------------------------------------------------------
+    def context(self, cell: Cell, prep: Prepared) -> DefenseContext:
+        from .lm import get_scorer
+
+        prof = cell.profile
+        ctx = DefenseContext(
+            seed=cell.seed, num_labels=prep.data.num_labels, profile=prof, device=pick_device(prof.device),
+            selection=prep.selection, clean_pool=prep.clean_pool, backbone_name=cell.backbone,
+            _backbone=lambda: resolve_backbone(cell.backbone).load(prep.data.num_labels, cell.seed),
+            _scorer=lambda name=None: get_scorer(name or prof.scorer_lm),
+        )
+        ctx._fit = lambda texts, labels, purpose: self.fit(cell, prep, texts, labels, purpose)
+        ctx._plain_victim = lambda: self.victim(cell, prep, None, ctx)[0]
+        return ctx
+
+    def victim(self, cell: Cell, prep: Prepared, defense: Defense | None, ctx: DefenseContext,
+               on_step: Callable[[int, int], None] | None = None, on_model: Callable | None = None,
+               ) -> tuple[Victim, bool]:
+        """(victim, trained_now) for ``defense`` (None or a post-training defense: the plain victim)."""
+        trains = defense is not None and defense.acts_in_training()
+        spec = DefenseSpec(type(defense), defense.config) if trains else None
+        trainer = defense if trains else Defense()
+        identity = victim_identity(cell, prep, spec)
+        key = config_key(identity)
+        identity["label"] = f"{cell.dataset}/{cell.backbone}/{cell.attack.name}/" \
+                            f"{spec.name if spec else 'plain'}/seed{cell.seed}"
+        prof = cell.profile
+        built: dict = {}
+
+        def build():
+            loaded = resolve_backbone(cell.backbone).load(prep.data.num_labels, cell.seed)
+            with torch_seeded(cell.seed):  # defenses may draw from torch's global generator (PEFT's init)
+                model = trainer.prepare_model(loaded, ctx)
+            built["loaded"] = loaded
+            return model, loaded.tokenizer
+
+        def do_train(model, tokenizer) -> dict:
+            t = prep.poisoned.train
+            rows = datasets.Dataset.from_dict({"text": t["text"], "label": t["label"],
+                                               "row_id": list(range(len(t)))})
+            keep = trainer.select_train(rows, ctx)
+            keep = np.ones(len(t), dtype=bool) if keep is None else np.asarray(keep)
+            if keep.dtype != bool or keep.shape != (len(t),):
+                raise ContractError(f"{trainer.name}.select_train must return a boolean mask of {len(t)} rows, "
+                                    f"got dtype {keep.dtype} shape {keep.shape}")
+            if not keep.any():
+                raise ContractError(f"{trainer.name}.select_train removed every training row")
+            idx = np.flatnonzero(keep)
+            texts, labels = [t["text"][i] for i in idx], [t["label"][i] for i in idx]
+            n_ref = trainer.reference_size(built["loaded"])
+            reference = ctx.clean(n_ref) if n_ref else None
+            device = pick_device(prof.device)
+            if on_model is not None:
+                on_model(model.to(device), tokenizer, ctx)
+            result = train(model, tokenizer, texts, labels, prep.selection["text"], prep.selection["label"],
+                           prof, trainer, cell.seed, device,
+                           reference=(reference["text"], reference["label"]) if reference is not None else None,
+                           on_step=on_step)
+            return {
+                "trained_by": cell.label, "n_train_after_defense": len(idx),
+                **_filter_stats(keep, np.asarray(t["poisoned"])), "n_reference": n_ref, "clean_used": ctx.clean_used,
+                "best_epoch": result.best_epoch, "dev_acc": result.best_dev_acc,
+                "dev_acc_per_epoch": result.dev_acc_per_epoch, "loss_per_epoch": result.loss_per_epoch,
+                "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
+                "sec_per_step": round(result.seconds_per_step, 4), "trainable_params": result.trainable_params,
+                "total_params": result.total_params, "device": str(device), "defense_stats": result.defense_stats,
+                "training_stats": _take_stats(ctx),
+            }
+
+        if on_model is not None:  # an analysis that watches training: always train, never cache
+            model, tok = build()
+            info = do_train(model, tok)
+            return Victim(model, tok, prof, pick_device(prof.device), key, info), True
+        return self.store.get(key, build, do_train, prof, pick_device(prof.device), identity)
+
+    def fit(self, cell: Cell, prep: Prepared, texts: list[str], labels: list[int], purpose: str) -> Victim:
+        """An auxiliary classifier (plain fine-tuning of the cell's backbone) on texts/labels; cached."""
+        prof = cell.profile
+        identity = {"aux": purpose, "rows": _digest(texts, labels),
+                    "selection": _digest(prep.selection["text"], prep.selection["label"]),
+                    "num_labels": prep.data.num_labels, "backbone": resolve_backbone(cell.backbone).identity(),
+                    "profile": training_profile(prof), "seed": cell.seed}
+        key = config_key(identity)
+        identity["label"] = f"aux:{purpose}:{cell.label}"
+        plain = Defense()
+
+        def build():
+            loaded = resolve_backbone(cell.backbone).load(prep.data.num_labels, cell.seed)
+            return loaded.model, loaded.tokenizer
+
+        def do_train(model, tokenizer) -> dict:
+            device = pick_device(prof.device)
+            r = train(model, tokenizer, texts, labels, prep.selection["text"], prep.selection["label"], prof, plain,
+                      cell.seed, device)
+            return {"trained_by": identity["label"], "dev_acc": r.best_dev_acc, "steps": r.steps,
+                    "train_seconds": round(r.train_seconds, 1)}
+
+        return self.store.get(key, build, do_train, prof, pick_device(prof.device), identity)[0]
+
+    # --- evaluation ------------------------------------------------------------------------
+    def evaluate(self, cell: Cell, prep: Prepared, defense: Defense, victim: Victim, ctx: DefenseContext) -> dict:
+        p = prep.poisoned
+        clean_texts, poison_texts = list(p.test_clean["text"]), list(p.test_poison["text"])
+        t0 = time.perf_counter()
+        defense.calibrate(victim, ctx)
+        t_cal = time.perf_counter() - t0
+        texts = clean_texts + poison_texts
+        perm = np.random.default_rng(np.random.SeedSequence([cell.seed, 0xE7A1])).permutation(len(texts))
+        t0 = time.perf_counter()
+        shuffled = np.asarray(defense.predict([texts[i] for i in perm], victim, ctx))
+        t_pred = time.perf_counter() - t0
+        if shuffled.shape != (len(texts),) or not np.issubdtype(shuffled.dtype, np.integer):
+            raise ContractError(f"{defense.name}.predict must return {len(texts)} integer labels, got shape "
+                                f"{shuffled.shape} dtype {shuffled.dtype}")
+        bad = (shuffled < -1) | (shuffled >= prep.data.num_labels)
+        if bad.any():
+            raise ContractError(f"{defense.name}.predict returned label {int(shuffled[bad][0])}; labels are "
+                                f"0..{prep.data.num_labels - 1}, or -1 to reject")
+        preds = np.empty_like(shuffled)
+        preds[perm] = shuffled
+        clean_pred, poison_pred = preds[: len(clean_texts)], preds[len(clean_texts):]
+        nontarget = np.asarray(p.test_clean["label"]) != p.target_label
+        return {
+            "cacc": clean_accuracy(clean_pred, p.test_clean["label"]),
+            "asr": attack_success_rate(poison_pred, p.target_label),
+            "clean_to_target": attack_success_rate(clean_pred[nontarget], p.target_label),
+            "frr": float((clean_pred == -1).mean()),
+            "poison_rejected": float((poison_pred == -1).mean()),
+            "calibrate_seconds": round(t_cal, 2), "predict_seconds": round(t_pred, 2),
+            "predict_sec_per_input": round(t_pred / len(texts), 5),
+        }
+
+    def run_cell(self, cell: Cell, on_step: Callable[[int, int], None] | None = None,
+                 on_model: Callable | None = None, data: TextDataset | None = None) -> dict:
+        t0 = time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        data = data if data is not None else self.data.get(cell.dataset)
+        prep = prepare(cell, data)
+        stealth = {"ppl_increase": None, "ppl_increase_median": None, "similarity": None, "n_stealth": 0}
+        if cell.profile.stealth_samples > 0:
+            stealth = stealth_scores(prep.poisoned.test_poison["orig_text"], prep.poisoned.test_poison["text"],
+                                     cell.seed, cell.profile.stealth_samples, cell.profile.stealth_lm)
+        defense = cell.defense.build()  # a fresh instance: nothing learnt in one cell reaches another
+        ctx = self.context(cell, prep)
+        victim, trained_now = self.victim(cell, prep, defense, ctx, on_step=on_step, on_model=on_model)
+        trains = defense.acts_in_training()
+        clean_training = int(victim.info.get("clean_used", 0)) if trains else 0
+        ctx.clean_used = 0
+        metrics = self.evaluate(cell, prep, defense, victim, ctx)
+        n_clean_used = max(clean_training, ctx.clean_used)
+        rec = build_record(cell, data, prep, victim, trained_now, metrics, stealth, n_clean_used, ctx.stats,
+                           time.perf_counter() - t0, started, self.git)
+        self.store.mark_used(victim.key, rec["key"])
+        return rec
+
+
+def run_cell(cell: Cell, data: TextDataset | None = None, on_step: Callable[[int, int], None] | None = None,
+             git: dict | None = None, on_model: Callable | None = None, store: VictimStore | None = None) -> dict:
+    """Run one cell and return its record (a convenience around :class:`Evaluator`)."""
+    return Evaluator(store=store, git=git).run_cell(cell, on_step=on_step, on_model=on_model, data=data)
+
+
+def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, trained_now: bool, metrics: dict,
+                 stealth: dict, n_clean_used: int, defense_stats: dict, wall: float, started: str,
+                 git: dict | None) -> dict:
+    p, prof, info = prep.poisoned, cell.profile, victim.info
     config = cell_config(cell, data)
     key = config_key(config)
     counts = {
-        **poisoned.counts,
-        "n_train_after_defense": hit["n_train_after_defense"],
-        "n_dev_selection": len(dev_sel),
-        "n_reference": n_ref,
-        "n_test_clean": len(poisoned.test_clean),
-        "n_test_poison": len(poisoned.test_poison),
-        "n_dev_poison": len(poisoned.dev_poison),
+        **p.counts,
+        "n_train_after_defense": info.get("n_train_after_defense"),
+        "n_removed": info.get("n_removed", 0),
+        "n_dev_selection": len(prep.selection),
+        "n_clean_pool": len(prep.clean_pool),
+        "n_clean_used": n_clean_used,
+        "n_reference": info.get("n_reference", 0) if cell.defense.cls.acts_in_training() else 0,
+        "n_test_clean": len(p.test_clean),
+        "n_test_poison": len(p.test_poison),
+        "n_dev_poison": len(p.dev_poison),
         "n_stealth": stealth["n_stealth"],
     }
     row = {
         "dataset": cell.dataset, "backbone": cell.backbone, "attack": cell.attack.name,
-        "defense": cell.defense.name, "seed": cell.seed, "cacc": cacc, "asr": asr,
-        "clean_to_target": clean_to_target,
+        "defense": cell.defense.name, "seed": cell.seed,
+        **{k: metrics[k] for k in ("cacc", "asr", "clean_to_target", "frr", "poison_rejected")},
         "poison_rate": cell.attack.config.poison_rate, "label_regime": cell.attack.config.label_regime,
-        "target_label": poisoned.target_label, "trigger_count": cell.attack.trigger_count,
+        "target_label": p.target_label, "trigger_count": cell.attack.trigger_count,
         "n_poisoned": counts["n_poisoned"], "n_train": counts["n_train"],
+        "n_train_after_defense": counts["n_train_after_defense"],
+        "filter_precision": info.get("filter_precision"), "filter_recall": info.get("filter_recall"),
         "train_skipped_no_transform": counts["train_skipped_no_transform"],
         "test_skipped_no_transform": counts["test_skipped_no_transform"],
         "n_test_clean": counts["n_test_clean"], "n_test_poison": counts["n_test_poison"],
         "ppl_increase": stealth["ppl_increase"], "ppl_increase_median": stealth["ppl_increase_median"],
         "similarity": stealth["similarity"],
-        "uses_clean_reference": n_ref > 0, "n_reference": n_ref, "best_epoch": result.best_epoch,
-        "dev_acc": result.best_dev_acc, "train_seconds": round(result.train_seconds, 1),
-        "sec_per_step": round(result.seconds_per_step, 4), "profile": prof.name,
-        "settings": cell.settings(), "key": key,
+        "n_dev_selection": counts["n_dev_selection"], "n_clean_pool": counts["n_clean_pool"],
+        "n_clean_used": n_clean_used, "uses_clean": n_clean_used > 0, "n_reference": counts["n_reference"],
+        "best_epoch": info.get("best_epoch"), "dev_acc": info.get("dev_acc"),
+        "train_seconds": info.get("train_seconds"), "sec_per_step": info.get("sec_per_step"),
+        "predict_sec_per_input": metrics["predict_sec_per_input"],
+        "victim": victim.key, "victim_trained_here": trained_now,
+        "profile": prof.name, "settings": cell.settings(), "key": key,
     }
     return {
         "key": key,
         "row": row,
         "config": config,
         "counts": counts,
-        "training": {
-            "dev_acc_per_epoch": result.dev_acc_per_epoch, "loss_per_epoch": result.loss_per_epoch,
-            "steps": result.steps, "trainable_params": result.trainable_params,
-            "total_params": result.total_params, "device": str(device),
-            "defense_stats": result.defense_stats,
-        },
+        "training": {k: info.get(k) for k in (
+            "dev_acc_per_epoch", "loss_per_epoch", "steps", "trainable_params", "total_params", "device",
+            "defense_stats", "training_stats")},
+        "evaluation": {k: metrics[k] for k in ("calibrate_seconds", "predict_seconds", "predict_sec_per_input")},
+        "defense_stats": defense_stats,
+        "victim": {"key": victim.key, "trained_here": trained_now, "trained_by": info.get("trained_by")},
         "provenance": provenance(
             command="", wall_seconds=wall, git=git,
-            extra={"started": started, "train_seconds": result.train_seconds, "training_key": tkey,
-                   **({"model_trained_by": shared_from} if shared_from else {})},
+            extra={"started": started, "train_seconds": info.get("train_seconds"), "victim_key": victim.key},
         ),
     }
+
+
+def _grid_order(cell: Cell) -> tuple:
+    """Cells that share a victim run next to each other (post-training defenses after their attack)."""
+    return (cell.dataset, cell.backbone, cell.seed, cell.attack.name,
+            json.dumps(config_dict(cell.attack.config), sort_keys=True),
+            cell.defense.cls.acts_in_training(), cell.defense.name)
 
 
 def run_grid(
     cells: list[Cell], out_dir: str | Path, data_dir: str | Path | None = None, command: str = "",
     progress: bool = True, force: bool = False, reuse: list[str | Path] | None = None,
+    store: VictimStore | None = None,
 ) -> dict:
     """Run every cell not yet recorded in ``out_dir``; rebuild the leaderboard after each one.
 
@@ -316,15 +512,14 @@ def run_grid(
 
     out_dir = Path(out_dir)
     git = git_state()  # the code this process runs is the code as it was when it started
-    cache = DataCache(data_dir)
-    trained = TrainedModels()
+    ev = Evaluator(DataCache(data_dir), store, git)
     t0 = time.perf_counter()
     # keys recomputed from each record's stored configuration (robust to how keys were once hashed)
     done = {config_key(r["config"]): r["key"] for r in load_records(out_dir)}
     elsewhere = {config_key(r["config"]): (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
     todo, skipped, copied = [], 0, 0
     for cell in cells:  # resolve data and keys first: bad data fails before any training
-        key = config_key(cell_config(cell, cache.get(cell.dataset)))
+        key = config_key(cell_config(cell, ev.data.get(cell.dataset)))
         if key in done and not force:
             skipped += 1
         elif key in elsewhere and not force:
@@ -337,8 +532,10 @@ def run_grid(
             copied += 1
         else:
             todo.append(cell)
+    todo.sort(key=_grid_order)
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, position=0)
     ran = 0
+    trainings0 = ev.store.trainings
     try:
         for cell in todo:
             bar.set_postfix_str(cell.label)
@@ -348,7 +545,7 @@ def run_grid(
                 steps.total = total
                 steps.update(step - steps.n)
 
-            rec = run_cell(cell, cache.get(cell.dataset), on_step=on_step, git=git, trained=trained)
+            rec = ev.run_cell(cell, on_step=on_step)
             steps.close()
             rec["provenance"]["command"] = command
             old = done.get(rec["key"])
@@ -364,9 +561,10 @@ def run_grid(
         if ran or copied or not cells:
             append_run(out_dir, {
                 "command": command, "cells_run": ran, "cells_skipped": skipped, "cells_copied": copied,
-                "cells_planned": len(cells),
+                "cells_planned": len(cells), "victims_trained": ev.store.trainings - trainings0,
                 "wall_seconds": round(wall, 1), "git": git,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
         write_leaderboard(out_dir)
-    return {"ran": ran, "skipped": skipped, "copied": copied, "wall_seconds": wall}
+    return {"ran": ran, "skipped": skipped, "copied": copied, "wall_seconds": wall,
+            "victims_trained": ev.store.trainings - trainings0}

@@ -13,45 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .backbones import MiniLM, SmolLM2, cache_dir
+from .backbones import MiniLM, cache_dir
+from .lm import get_scorer, lm_identity
 
 CACHE_FORMAT = 2  # bump when the cached fields change
 
 
-def _lm_path(name: str) -> str:
-    return str(SmolLM2().converted()) if name == "smollm2-135m" else name
-
-
-@torch.no_grad()
-def perplexities(texts: list[str], lm: str, batch_size: int = 16) -> np.ndarray:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = _lm_path(lm)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    out = np.zeros(len(texts))
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i:i + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=128, add_special_tokens=False)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        if bos is not None:  # score every token of the sentence, the first one given a start token
-            ids = torch.cat([torch.full((len(chunk), 1), bos), ids], 1)
-            mask = torch.cat([torch.ones(len(chunk), 1, dtype=mask.dtype), mask], 1)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target, tmask = ids[:, 1:], mask[:, 1:].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        per = (nll * tmask).sum(1) / tmask.sum(1).clamp(min=1)
-        out[i:i + len(chunk)] = torch.exp(per).numpy()
-    return out
+def perplexities(texts: list[str], lm: str) -> np.ndarray:
+    """Perplexity of each text under the shared causal-LM scorer (padding masked)."""
+    return get_scorer(lm).perplexity(list(texts))
 
 
 @torch.no_grad()
@@ -100,11 +75,4 @@ def stealth_scores(
 
 
 def _identity(name: str | None) -> Any:
-    if name is None:
-        return None
-    if name == "smollm2-135m":
-        return SmolLM2().identity()
-    if name == "minilm":
-        return MiniLM().identity()
-    cfg = Path(name) / "config.json"
-    return hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.is_file() else name
+    return lm_identity(name)

@@ -7,6 +7,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if "BENCH_TEST_KEEP_CACHE" not in os.environ:  # trained victims and scores never land in the user's cache
+    import tempfile
+
+    os.environ["BENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-test-cache-")
 
 from bench.data import PROJECT_ROOT  # noqa: E402
 
@@ -61,3 +65,15 @@ def shared_data():
 
 def global_rng_state():
     return (random.getstate(), np.random.get_state()[1].tobytes(), torch.get_rng_state().numpy().tobytes())
+
+
+def make_ctx(num_labels=2, seed=0, clean=None, profile="smoke"):
+    """A defense context for unit tests (no runner): smoke profile, CPU, the given clean rows."""
+    import datasets
+
+    from bench.defense import DefenseContext
+    from bench.profiles import get_profile
+
+    clean = clean if clean is not None else datasets.Dataset.from_dict({"text": ["a good film"], "label": [1]})
+    return DefenseContext(seed=seed, num_labels=num_labels, profile=get_profile(profile), device=torch.device("cpu"),
+                          selection=clean, clean_pool=clean)

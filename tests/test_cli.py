@@ -139,48 +139,51 @@ def test_cost_command_writes_the_ratio_table(toy_dir, tmp_path):
     assert sorted(df.defense) == ["lora", "musclelora", "musclelora"]
 
 
-def test_profile_plugin_settings_do_not_change_other_cells_keys(toy_dir):
-    import dataclasses
-
+def test_profile_defaults_of_a_plugin_do_not_change_other_cells_keys(toy_dir):
     from bench.profiles import get_profile
     from bench.results import config_key
     from bench.runner import DataCache, cell_config, plan
 
     data = DataCache().get(str(toy_dir))
-    base = get_profile("smoke")
-    tuned = dataclasses.replace(base, plugin_settings=("musclelora.reference_size=120",))
     keys = {}
-    for prof in (base, tuned):
-        for cell in plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "musclelora"], [1], prof):
+    for extra in ({}, {"musclelora": {"reference_size": "120"}}):
+        for cell in plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "musclelora"], [1],
+                         get_profile("smoke"), extra):
             keys.setdefault(cell.defense.name, set()).add(config_key(cell_config(cell, data)))
     assert len(keys["none"]) == 1  # unaffected by a musclelora setting
     assert len(keys["musclelora"]) == 2  # its resolved config changed, so its key did
+    cpu = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["musclelora"], [1], get_profile("cpu"))[0]
+    assert cpu.defense.config.reference_size == 384 and cpu.settings() == ""  # the plugin's cpu default
 
 
-def test_cells_with_identical_training_data_share_one_trained_model(toy_dir, tmp_path):
+def test_cells_with_identical_training_data_share_one_victim(toy_dir, tmp_path):
     """At poison rate 0 every attack trains on the same rows: the grid trains once and evaluates each attack."""
     from bench.profiles import get_profile
     from bench.results import load_records
-    from bench.runner import DataCache, TrainedModels, plan, run_cell, run_grid
+    from bench.runner import DataCache, plan, run_cell, run_grid
+    from bench.victim import VictimStore
 
     prof = get_profile("smoke")
     cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none"], [1], prof,
                  settings={"badnets": {"poison_rate": 0.0}, "addsent": {"poison_rate": 0.0}})
-    run_grid(cells, tmp_path / "out", progress=False)
+    summary = run_grid(cells, tmp_path / "out", progress=False, store=VictimStore(tmp_path / "v"))
+    assert summary["victims_trained"] == 1
     recs = {r["row"]["attack"]: r for r in load_records(tmp_path / "out")}
-    assert recs["badnets"]["provenance"]["training_key"] == recs["addsent"]["provenance"]["training_key"]
-    assert "model_trained_by" not in recs["badnets"]["provenance"]
-    assert recs["addsent"]["provenance"]["model_trained_by"] == cells[0].label
+    assert recs["badnets"]["row"]["victim"] == recs["addsent"]["row"]["victim"]
+    assert sorted(r["row"]["victim_trained_here"] for r in recs.values()) == [False, True]
+    trainer = next(r for r in recs.values() if r["row"]["victim_trained_here"])
+    assert {r["victim"]["trained_by"] for r in recs.values()} == {f"{str(toy_dir)}/tiny-bert/"
+                                                                   f"{trainer['row']['attack']}/none/seed1"}
     # the shared model gives what training it again would
-    alone = run_cell(cells[1], DataCache().get(str(toy_dir)))
-    assert alone["row"]["cacc"] == recs["addsent"]["row"]["cacc"]
-    assert alone["row"]["asr"] == recs["addsent"]["row"]["asr"]
+    alone = run_cell(cells[0], DataCache().get(str(toy_dir)), store=VictimStore(tmp_path / "v2"))
+    assert alone["row"]["cacc"] == recs["badnets"]["row"]["cacc"]
+    assert alone["row"]["asr"] == recs["badnets"]["row"]["asr"]
     # poisoned training rows differ per attack, so nothing is shared
     poisoned = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none"], [1], prof)
-    trained = TrainedModels()
+    store = VictimStore(tmp_path / "v3")
     data = DataCache().get(str(toy_dir))
-    keys = [run_cell(c, data, trained=trained)["provenance"] for c in poisoned]
-    assert keys[0]["training_key"] != keys[1]["training_key"] and "model_trained_by" not in keys[1]
+    rows = [run_cell(c, data, store=store)["row"] for c in poisoned]
+    assert rows[0]["victim"] != rows[1]["victim"] and store.trainings == 2
 
 
 def test_a_plugin_version_bump_changes_its_keys_only(toy_dir):

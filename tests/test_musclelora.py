@@ -5,13 +5,15 @@ import math
 import pytest
 import torch
 
+from conftest import make_ctx
+from defenses.musclelora.alignment import AlignmentSettings, aligned_backward, project, raw_ratio
+from defenses.musclelora.layers import MultiScaleLowRank
+
 from bench import registry
-from bench.adapters import MultiScaleLowRank
-from bench.alignment import AlignmentSettings, aligned_backward, project, raw_ratio
 from bench.backbones import resolve_backbone
-from bench.defense import DefenseContext, StepState
+from bench.defense import StepState
 from bench.profiles import get_profile
-from bench.runner import DataCache, _reference_split, plan, run_cell
+from bench.runner import DataCache, plan, run_cell, split_dev
 
 
 def test_multiscale_output_is_frozen_layer_plus_scaled_low_rank_term():
@@ -33,7 +35,7 @@ def test_multiscale_output_is_frozen_layer_plus_scaled_low_rank_term():
 def _prepared(defense, backbone="tiny-bert"):
     loaded = resolve_backbone(backbone).load(2, seed=0)
     d = registry.get("defense", defense)()
-    model = d.prepare_model(loaded, DefenseContext(0, 2, None, None, None))
+    model = d.prepare_model(loaded, make_ctx())
     return model, [n for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -126,13 +128,13 @@ def test_raw_ratio_rises_linearly_to_the_maximum():
 def test_reference_samples_never_appear_in_the_selection_dev_set(toy_dir):
     data = DataCache().get(str(toy_dir))
     dev = data.dev.add_column("row", list(range(len(data.dev))))
-    ref, rest = _reference_split(dev, 96, seed=3)
+    rest, ref = split_dev(dev, 96, 16, seed=3)
     assert len(ref) == 96 and len(rest) == len(dev) - 96
     assert not set(ref["row"]) & set(rest["row"])
-    ref2, _ = _reference_split(dev, 96, seed=3)
+    _, ref2 = split_dev(dev, 96, 16, seed=3)
     assert ref2["row"] == ref["row"]
     cell = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["musclelora"], [1], get_profile("smoke"))[0]
     rec = run_cell(cell, data)
-    assert rec["row"]["uses_clean_reference"] and rec["row"]["n_reference"] == 96
+    assert rec["row"]["uses_clean"] and rec["row"]["n_reference"] == 96 == rec["row"]["n_clean_used"]
     assert rec["counts"]["n_dev_selection"] == len(data.dev) - 96
     assert sum(rec["training"]["defense_stats"]["alignment_modes"].values()) == rec["training"]["steps"]

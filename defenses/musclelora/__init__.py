@@ -9,9 +9,9 @@ set, so the clean mapping is learnt before the backdoor one:
 * LoRA on the attention query and value projections; the rest of the backbone and the
   classification head frozen;
 * a multi-scale low-rank term on the dense layer right before the classifier
-  (:class:`bench.adapters.MultiScaleLowRank`);
-* gradient alignment to a clean reference set drawn from the dev split
-  (:func:`bench.alignment.aligned_backward`).
+  (:class:`.layers.MultiScaleLowRank`);
+* gradient alignment to a clean reference set, the first rows of the defender's clean dev rows
+  (:func:`.alignment.aligned_backward`).
 
 The ablations of the paper are registered here too: ``ga`` (full fine-tuning + alignment),
 ``mslr`` (LoRA + multi-scale layer) and ``ga-lora`` (LoRA + alignment).
@@ -23,11 +23,21 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.adapters import add_lora, add_multiscale, default_scales, is_head, replace_decoder_head
-from bench.alignment import AlignmentSettings, aligned_backward
+from bench.adapters import add_lora, is_head
 from bench.backbones import DECODER_TYPES, LoadedModel
+from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, StepState
 from bench.registry import register
+
+from .alignment import AlignmentSettings, aligned_backward
+from .layers import add_multiscale, default_scales, replace_decoder_head
+
+# Settings for the cpu profile (3 epochs on a 3000-row slice), measured on MiniLM (README "MuScleLoRA
+# on MiniLM", results/tuning): with 3 epochs, alignment to 96 reference rows caps clean accuracy near
+# 77 %; 384 gives higher CACC and lower ASR. ga_epoch=0: no raw-gradient phase in the first epoch
+# (with 3 epochs the reference loss falls below 0.4 within epoch 0, and those raw steps taught the
+# backdoor: ASR 55 % against 12 %). The ablations with alignment use the same schedule.
+CPU_ALIGNMENT = {"reference_size": 384, "ga_epoch": 0}
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,9 @@ class MuscleLoRAConfig:
 
     def validate(self) -> None:
         if self.refresh_every < 1:
-            raise ValueError("refresh_every must be >= 1")
+            raise ConfigError("refresh_every must be >= 1")
         if self.use_alignment and self.reference_size is not None and self.reference_size < 1:
-            raise ValueError("alignment needs reference_size >= 1")
+            raise ConfigError("alignment needs reference_size >= 1")
 
 
 def _pick(value, encoder, decoder, loaded: LoadedModel):
@@ -69,10 +79,11 @@ def _pick(value, encoder, decoder, loaded: LoadedModel):
 
 @register("defense", "musclelora")
 class MuscleLoRA(Defense):
-    """MuScleLoRA: LoRA + multi-scale low-rank pre-classifier layer + gradient alignment to 96 clean samples."""
+    """MuScleLoRA: LoRA + multi-scale low-rank pre-classifier layer + gradient alignment to clean reference rows."""
 
     Config = MuscleLoRAConfig
     parameter_efficient = True
+    profile_defaults = {"cpu": CPU_ALIGNMENT}
     version = 2  # 2: narrow encoders (MiniLM) default to scales [1,2,3,4] (1: the BERT-base list)
 
     def reference_size(self, loaded: LoadedModel) -> int:
@@ -120,7 +131,7 @@ class GAConfig(MuscleLoRAConfig):
 
 @register("defense", "ga")
 class GradientAlignment(MuscleLoRA):
-    """MuScleLoRA ablation: full fine-tuning with gradient alignment to 96 clean samples."""
+    """MuScleLoRA ablation: full fine-tuning with gradient alignment to clean reference rows."""
 
     Config = GAConfig
     parameter_efficient = False  # full fine-tuning: the profile's learning_rate
@@ -137,6 +148,7 @@ class MultiScaleLoRA(MuscleLoRA):
     """MuScleLoRA ablation: LoRA + multi-scale low-rank pre-classifier layer, no alignment."""
 
     Config = MSLRConfig
+    profile_defaults: dict = {}
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,7 @@ class GALoRAConfig(MuscleLoRAConfig):
 
 @register("defense", "ga-lora")
 class GALoRA(MuscleLoRA):
-    """MuScleLoRA ablation: LoRA with gradient alignment to 96 clean samples, no multi-scale layer."""
+    """MuScleLoRA ablation: LoRA with gradient alignment to clean reference rows, no multi-scale layer."""
 
     Config = GALoRAConfig
     version = 1  # no multi-scale layer: unchanged by the version-2 scale default

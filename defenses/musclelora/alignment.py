@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .defense import StepState
+from bench.defense import StepState
 
 MODES = ("aligned", "mixed", "raw")
 
