@@ -112,7 +112,7 @@ class ParaphraseGenerator:
         return [found[k] for k in keys], len(todo)
 
     def _run_model(self, texts: list[str], seed: int) -> list[str]:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
         from .seeding import torch_seeded
 
@@ -124,7 +124,12 @@ class ParaphraseGenerator:
             raise DataError(f"cannot load paraphrase generator {self.model_name!r} ({e.__class__.__name__}); give a "
                             "local model folder, or a hub id when a network exists") from None
         seq2seq = bool(getattr(cfg, "is_encoder_decoder", False))
-        model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(self.model_name).eval()
+        if seq2seq:
+            model = AutoModelForSeq2SeqLM.from_pretrained(self.model_name).eval()
+        else:  # the one causal-LM loader, shared with the stealth scores and ONION
+            from .lm import load_causal_lm
+
+            model, tok = load_causal_lm(self.model_name)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         tok.padding_side = "left" if not seq2seq else tok.padding_side

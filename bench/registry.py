@@ -104,19 +104,26 @@ def load_builtins() -> None:
     _builtins_loaded = True
     for kind, packages in BUILTIN_PACKAGES.items():
         for pkg_name in packages:
-            pkg = importlib.import_module(pkg_name)
-            if hasattr(pkg, "__path__"):
-                for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-                    if info.name.startswith("_"):
-                        continue
-                    try:
-                        importlib.import_module(f"{pkg_name}.{info.name}")
-                    except ImportError as e:
-                        missing = getattr(e, "name", None) or str(e)
-                        _BROKEN[kind][info.name.replace("_", "-")] = (
-                            f"unavailable: {pkg_name}/{info.name} needs {missing!r}, which is not installed "
-                            f"({e}); install it (python3 -m pip install {missing}) to use it"
-                        )
+            load_package(kind, pkg_name)
+
+
+def load_package(kind: str, pkg_name: str) -> None:
+    """Import every public module of a plugin package; a module that fails to import is recorded
+    as unavailable (with the reason) instead of breaking the others."""
+    pkg = importlib.import_module(pkg_name)
+    if not hasattr(pkg, "__path__"):
+        return
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{pkg_name}.{info.name}")
+        except ImportError as e:
+            missing = getattr(e, "name", None) or str(e)
+            _BROKEN[kind][info.name.replace("_", "-")] = (
+                f"unavailable: {pkg_name}/{info.name} needs {missing!r}, which is not installed "
+                f"({e}); install it (python3 -m pip install {missing}) to use it"
+            )
 
 
 def load_plugin_file(path: str | Path) -> list[Entry]:

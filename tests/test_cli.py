@@ -196,3 +196,31 @@ def test_a_plugin_version_bump_changes_its_keys_only(toy_dir):
     assert "version" not in cell_config(cells["none"], data)["defense"]  # version 1 leaves old keys as they were
     assert "version" not in cell_config(cells["ga"], data)["defense"]
     assert cell_config(cells["musclelora"], data)["defense"]["version"] == cells["musclelora"].defense.version >= 2
+
+
+def test_a_broken_plugin_file_is_a_clear_error_and_a_plugin_bug_keeps_its_traceback(toy_dir, tmp_path):
+    bad = tmp_path / "syntax_plugin.py"
+    bad.write_text("def broken(:\n")
+    r = runner.invoke(app, ["list", "--plugins", str(bad)])
+    assert r.exit_code == 2 and "syntax error at line 1" in r.output and "Traceback" not in r.output
+    buggy = tmp_path / "buggy_plugin.py"
+    buggy.write_text(
+        "from bench import register\nfrom bench.defense import Defense\n\n"
+        "@register('defense', 'cli-buggy')\nclass D(Defense):\n    '''Raises inside predict.'''\n"
+        "    def predict(self, texts, victim, ctx):\n        raise ZeroDivisionError('plugin bug')\n"
+    )
+    r = runner.invoke(app, ["run", "-a", "badnets", "-d", "cli-buggy", "--dataset", str(toy_dir), "--plugins",
+                            str(buggy), "--out", str(tmp_path / "o"), *SMOKE])
+    assert isinstance(r.exception, ZeroDivisionError)  # not swallowed as a user error
+
+
+def test_cache_list_and_clear(toy_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    invoke("run", "-a", "badnets", "-d", "none", "-d", "strip", "--dataset", str(toy_dir), "--out",
+           str(tmp_path / "o"), *SMOKE)
+    r = invoke("cache", "list")
+    assert r.exit_code == 0 and "1 victims" in r.output and "plain" in r.output
+    assert r.output.count("|") > 6  # one row, two records used it
+    r = invoke("cache", "clear", "--yes")
+    assert "removed 1 victims" in r.output
+    assert "0 victims" in invoke("cache", "list").output

@@ -221,3 +221,19 @@ def test_every_defense_selects_on_the_same_rows(toy_dir):
     data = DataCache().get(str(toy_dir))
     sel = {d: prepare(_cell(d, "tiny-bert", toy_dir), data).selection["text"] for d in DEFENSES}
     assert len({tuple(v) for v in sel.values()}) == 1
+
+
+def test_a_declared_test_slice_is_the_same_rows_for_every_seed_and_leaves_the_victim_alone(toy_dir):
+    from bench.runner import prepare, victim_identity
+
+    data = DataCache().get(str(toy_dir))
+    full = _cell("none", "tiny-bert", toy_dir)
+    prof = get_profile("smoke", {"epochs": "2", "train_size": "None", "test_size": "20"})
+    sliced = [plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none"], [s], prof, {"badnets": {"label_regime": "mixed"}})[0]
+              for s in (1, 2)]
+    a, b = (prepare(c, data) for c in sliced)
+    assert len(a.poisoned.test_clean) == 20 and a.poisoned.test_clean["text"] == b.poisoned.test_clean["text"]
+    assert sorted(a.poisoned.test_clean["label"]).count(1) == 10  # stratified
+    assert set(a.poisoned.test_clean["text"]) <= set(data.test["text"])
+    # the slice is an evaluation setting: the victim is the one the full-test cell uses
+    assert victim_identity(sliced[0], a, None) == victim_identity(full, prepare(full, data), None)

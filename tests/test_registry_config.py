@@ -92,3 +92,26 @@ def test_parse_assignments_and_profiles():
         get_profile("papr")
     with pytest.raises(ConfigError, match="unknown setting"):
         get_profile("cpu", {"epoch": "1"})
+
+
+def test_a_plugin_with_a_missing_dependency_fails_alone(tmp_path, monkeypatch):
+    from bench import registry
+
+    pkg = tmp_path / "extra_defenses"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "needs_dep.py").write_text("import not_a_real_package_xyz\n")
+    (pkg / "works.py").write_text(
+        "from bench import register\nfrom bench.defense import Defense\n\n"
+        "@register('defense', 'test-works')\nclass Works(Defense):\n    '''Test plugin.'''\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry._BROKEN, "defense", dict(registry._BROKEN["defense"]))
+    try:
+        registry.load_package("defense", "extra_defenses")
+        assert registry.has("defense", "test-works")
+        assert "needs-dep" in registry.unavailable("defense")
+        with pytest.raises(registry.PluginError, match="not_a_real_package_xyz"):
+            registry.get("defense", "needs-dep")
+        assert "none" in registry.names("defense")  # the others keep working
+    finally:
+        registry._ENTRIES["defense"].pop("test-works", None)
