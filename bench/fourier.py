@@ -112,7 +112,7 @@ def analyse(
             if step % every and step != total:
                 return
             prof = cell.profile
-            steps_per_epoch = max(1, total // max(1, cell.defense.schedule(prof)[1])) if total else 1
+            steps_per_epoch = max(1, total // max(1, cell.defense.build().schedule(prof)[1])) if total else 1
             for name, s in state.items():
                 if name in ("model", "tok"):
                     continue

@@ -20,7 +20,7 @@ def cell_text(r: pd.Series) -> str:
 
 def table(df: pd.DataFrame) -> str:
     df = df.copy()
-    df["slice"] = df["settings"].fillna("").str.extract(r"profile\.test_size=(\d+)", expand=False).fillna("full")
+    df["slice"] = df["settings"].astype(object).fillna("").astype(str).str.extract(r"profile\.test_size=(\d+)", expand=False).fillna("full")
     out = []
     for sl, part in df.groupby("slice", sort=False):
         defenses = sorted(part.defense.unique(), key=lambda d: (d != "none", d))

@@ -136,5 +136,6 @@ def test_reference_samples_never_appear_in_the_selection_dev_set(toy_dir):
     cell = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["musclelora"], [1], get_profile("smoke"))[0]
     rec = run_cell(cell, data)
     assert rec["row"]["uses_clean"] and rec["row"]["n_reference"] == 96 == rec["row"]["n_clean_used"]
-    assert rec["counts"]["n_dev_selection"] == len(data.dev) - 96
+    # every defense selects on the same rows: dev less the profile's whole clean budget
+    assert rec["counts"]["n_dev_selection"] == len(data.dev) - get_profile("smoke").clean_size
     assert sum(rec["training"]["defense_stats"]["alignment_modes"].values()) == rec["training"]["steps"]

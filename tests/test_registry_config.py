@@ -51,9 +51,9 @@ def test_user_plugin_file_registers_a_defense(tmp_path):
 def test_plugin_file_that_registers_nothing_is_an_error(tmp_path):
     f = tmp_path / "empty_plugin.py"
     f.write_text("x = 1\n")
-    with pytest.raises(ValueError, match="registered nothing"):
+    with pytest.raises(registry.PluginError, match="registered nothing"):
         registry.load_plugin_file(f)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(registry.PluginError, match="does not exist"):
         registry.load_plugin_file(tmp_path / "missing.py")
 
 
