@@ -86,7 +86,8 @@ def git_state() -> dict:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    # results/ holds outputs (records, leaderboards), not code: a run writing there does not make the tree dirty
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")) if commit else None
     return {"commit": commit or "unknown", "dirty": dirty}
 
 
