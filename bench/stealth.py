@@ -54,8 +54,8 @@ def stealth_scores(
     idx = np.sort(np.random.default_rng(seed).permutation(len(poisoned))[:n])
     orig = [originals[i] for i in idx]
     pois = [poisoned[i] for i in idx]
-    key_src = json.dumps({"format": CACHE_FORMAT, "orig": orig, "pois": pois, "lm": lm, "lm_id": _identity(lm), "encoder": encoder,
-                          "enc_id": _identity(encoder)})
+    key_src = json.dumps({"format": CACHE_FORMAT, "orig": orig, "pois": pois, "lm": lm, "lm_id": lm_identity(lm), "encoder": encoder,
+                          "enc_id": lm_identity(encoder)})
     path = cache_dir() / "stealth" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -72,7 +72,3 @@ def stealth_scores(
     tmp.write_text(json.dumps(result))
     tmp.replace(path)
     return result
-
-
-def _identity(name: str | None) -> Any:
-    return lm_identity(name)

@@ -119,9 +119,6 @@ class VictimStore:
     def folder(self, key: str) -> Path:
         return self.root / key
 
-    def has(self, key: str) -> bool:
-        return key in self._mem or (self.folder(key) / "victim.json").is_file()
-
     def get(self, key: str, build: Callable[[], Any], train: Callable[[Any, Any], dict], settings: Any,
             device: torch.device, identity: dict) -> tuple[Victim, bool]:
         """(victim, trained_now). ``build()`` returns (model, tokenizer): the untrained model structure
