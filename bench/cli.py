@@ -1,4 +1,7 @@
-"""The ``bench`` command line: list, run, leaderboard, compare."""
+"""bench: backdoor attacks and defenses for text classifiers; CACC/ASR leaderboards.
+
+Start with `bench list` (what is registered), then `bench run --all` (the main job) or one cell:
+`bench run -a badnets -d lora --dataset sst2 -b minilm`. Every command has --help."""
 
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # only the project's own error types are user errors (one line, exit 2); a bug keeps its traceback
 USER_ERRORS = (BenchError,)
 
-PluginsOpt = typer.Option(None, "--plugins", help="A .py file that registers plugins (repeatable).")
+PluginsOpt = typer.Option(None, "--plugins", metavar="FILE.py",
+                          help="A .py file that registers plugins (repeatable); the file is executed.")
 DataDirOpt = typer.Option(
-    None, "--data-dir", envvar=ENV_VAR, help=f"Benchmark data folder (also ${ENV_VAR}; default ../shared/data)."
+    None, "--data-dir", envvar=ENV_VAR, metavar="FOLDER", help=f"Benchmark data folder (also ${ENV_VAR}; default ../shared/data)."
 )
 
 
@@ -53,16 +57,21 @@ def _load_plugins(files: Optional[List[Path]]) -> None:
 
 
 @app.command("list")
-def list_cmd(plugins: Optional[List[Path]] = PluginsOpt) -> None:
+def list_cmd(
+    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME",
+                                help=f"Show the settings a profile gives: {', '.join(PROFILES)}."),
+    plugins: Optional[List[Path]] = PluginsOpt,
+) -> None:
     """Show every registered attack, defense, dataset and backbone, and the profiles."""
     from tabulate import tabulate
 
     try:
         _load_plugins(plugins)
+        prof = get_profile(profile)
     except USER_ERRORS as e:
         _fail(e)
     for kind in registry.KINDS:
-        rows = [(e.name, _describe(e)) for e in registry.entries(kind)]
+        rows = [(e.name, _describe(e, prof.name)) for e in registry.entries(kind)]
         rows += sorted(registry.unavailable(kind).items())
         typer.echo(f"\n{kind}s:")
         typer.echo(tabulate(rows, tablefmt="plain"))
@@ -72,37 +81,44 @@ def list_cmd(plugins: Optional[List[Path]] = PluginsOpt) -> None:
                "train/dev/test CSV files (text,label).")
 
 
-def _describe(entry: registry.Entry) -> str:
-    """A plugin's one-line description, with the stage it acts at for defenses."""
+def _describe(entry: registry.Entry, profile: str = "cpu") -> str:
+    """A plugin's one-line description; for defenses the stage it acts at and the settings the
+    profile gives it where they differ from the class defaults (what a run actually uses)."""
     if entry.kind != "defense":
         return entry.description
+    from .config import build_config, changed_settings
+
     cls = entry.obj
     stage = "trains its own victim" if cls.acts_in_training() else "after training (shares the plain victim)"
-    return f"{entry.description} [{stage}{'; may reject inputs' if cls.rejects() else ''}]"
+    overrides = getattr(cls, "profile_defaults", {}).get(profile, {})
+    given = changed_settings(entry.name, build_config(cls.Config, overrides), cls.Config()) if overrides else []
+    under = f"; {profile} profile: {', '.join(given)}" if given else ""
+    return f"{entry.description} [{stage}{'; may reject inputs' if cls.rejects() else ''}{under}]"
 
 
 @app.command()
 def run(
     ctx: typer.Context,
     all_: bool = typer.Option(False, "--all", help="Every registered attack x every registered defense."),
-    attack: Optional[List[str]] = typer.Option(None, "--attack", "-a", help="Attack name (repeatable)."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", help="Defense name (repeatable)."),
-    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Dataset name or CSV folder (repeatable)."),
-    backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", help="Backbone name, hub id or folder."),
-    seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", help="Seed (repeatable; default 1)."),
-    profile: str = typer.Option("cpu", "--profile", "-p", help=f"Run profile: {', '.join(PROFILES)}."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default results/<profile>)."),
-    poison_rate: Optional[float] = typer.Option(None, "--poison-rate", help="Poison rate for every attack."),
-    label_regime: Optional[str] = typer.Option(None, "--label-regime", help="clean-label, dirty or mixed."),
-    target_label: Optional[int] = typer.Option(None, "--target-label", help="Target label for every attack."),
+    attack: Optional[List[str]] = typer.Option(None, "--attack", "-a", metavar="NAME", help="Attack name (repeatable)."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", metavar="NAME", help="Defense name (repeatable)."),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder (repeatable)."),
+    backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone name, hub id or folder."),
+    seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", metavar="N", help="Seed (repeatable; default 1)."),
+    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME", help=f"Run profile: {', '.join(PROFILES)}."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Results folder (default results/<profile>)."),
+    poison_rate: Optional[float] = typer.Option(None, "--poison-rate", metavar="RATE", help="Poison rate for every attack."),
+    label_regime: Optional[str] = typer.Option(None, "--label-regime", metavar="REGIME", help="clean-label, dirty or mixed."),
+    target_label: Optional[int] = typer.Option(None, "--target-label", metavar="LABEL", help="Target label for every attack."),
     set_: Optional[List[str]] = typer.Option(
-        None, "--set", help="PLUGIN.KEY=VALUE for a plugin's or the profile's settings, e.g. lora.r=16, profile.epochs=1."
+        None, "--set", metavar="PLUGIN.KEY=VALUE", help="PLUGIN.KEY=VALUE for a plugin's or the profile's settings, e.g. lora.r=16, profile.epochs=1."
     ),
     force: bool = typer.Option(False, "--force", help="Recompute cells already recorded."),
     reuse: Optional[List[Path]] = typer.Option(
-        None, "--reuse", help="Another results folder: cells recorded there with the same key are copied, not rerun."
+        None, "--reuse", metavar="FOLDER", help="Another results folder: cells recorded there with the same key are copied, not rerun."
     ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    no_progress: bool = typer.Option(
+        False, "--no-progress", help="No bars: plain lines per cell and epoch, with elapsed time and what remains."),
     data_dir: Optional[Path] = DataDirOpt,
     plugins: Optional[List[Path]] = PluginsOpt,
 ) -> None:
@@ -130,19 +146,20 @@ def run(
             list(seed or [1]), prof, settings,
         )
         out_dir = out or Path("results") / prof.name
-        summary = run_grid(cells, out_dir, data_dir=data_dir, command=command, progress=not no_progress,
-                           reuse=reuse)
+        summary = run_grid(cells, out_dir, data_dir=data_dir, command=command,
+                           progress="lines" if no_progress else "auto", force=force, reuse=reuse)
     except USER_ERRORS as e:
         _fail(e)
+    elsewhere = f", {summary['claimed_elsewhere']} left to a concurrent run" if summary["claimed_elsewhere"] else ""
     typer.echo(
-        f"{summary['ran']} cells run, {summary['skipped']} already recorded, {summary['copied']} copied, "
+        f"{summary['ran']} cells run, {summary['skipped']} already recorded, {summary['copied']} copied{elsewhere}, "
         f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out_dir / 'leaderboard.csv'} and .md"
     )
 
 
 @app.command()
 def leaderboard(
-    out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", help="Results folder."),
+    out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", metavar="FOLDER", help="Results folder."),
 ) -> None:
     """Rebuild the leaderboard from the stored records and print it (Markdown)."""
     from .results import write_leaderboard
@@ -161,8 +178,13 @@ def compare(
     a: Path = typer.Argument(..., help="Leaderboard CSV before."),
     b: Path = typer.Argument(..., help="Leaderboard CSV after."),
     fail_on_regression: Optional[float] = typer.Option(
-        None, "--fail-on-regression", help="Exit 1 if a cell loses more than this many CACC points or gains as many ASR points."
+        None, "--fail-on-regression", metavar="POINTS",
+        help="Exit 1 if a cell loses more than this many CACC points or gains as many ASR points "
+             "(and if the files share no cell: a gate that compared nothing fails)."
     ),
+    across_seeds: bool = typer.Option(
+        False, "--across-seeds", help="Average each cell over its seeds in each file and join without the seed "
+                                     "(compares runs made with different seeds)."),
 ) -> None:
     """Join two leaderboard CSVs on the cell key and show the CACC and ASR deltas (points)."""
     from tabulate import tabulate
@@ -171,17 +193,33 @@ def compare(
     from .results import read_leaderboard_csv, regressions
 
     try:
-        both, only_a, only_b = do_compare(read_leaderboard_csv(a), read_leaderboard_csv(b))
+        if fail_on_regression is not None and fail_on_regression < 0:
+            raise ConfigError(f"--fail-on-regression {fail_on_regression}: give a threshold >= 0 (points)")
+        both, only_a, only_b = do_compare(read_leaderboard_csv(a), read_leaderboard_csv(b), across_seeds=across_seeds)
     except USER_ERRORS as e:
         _fail(e)
-    shown = both[["dataset", "backbone", "attack", "defense", "seed", "cacc_a", "cacc_b", "d_cacc", "asr_a", "asr_b", "d_asr"]]
-    typer.echo(f"{len(both)} cells in both files (CACC and ASR in percent; d = B - A):")
-    typer.echo(tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt="+.2f"))
+    ids = ["dataset", "backbone", "attack", "defense"] + ([] if across_seeds else ["seed"])
+    seeds = ["n_seeds_a", "n_seeds_b"] if across_seeds else []
+    shown = both[ids + seeds + ["cacc_a", "cacc_b", "d_cacc", "asr_a", "asr_b", "d_asr"]].copy()
+    for col in ("cacc_a", "cacc_b", "asr_a", "asr_b"):
+        shown[col] = shown[col].map(lambda v: f"{v:.2f}")
+    for col in ("d_cacc", "d_asr"):
+        shown[col] = shown[col].map(lambda v: f"{v:+.2f}")
+    what = "cells (mean over seeds)" if across_seeds else "cells"
+    typer.echo(f"{len(both)} {what} in both files (CACC and ASR in percent; d = B - A):")
+    typer.echo(tabulate(shown, headers="keys", tablefmt="github", showindex=False, disable_numparse=True))
     for label, frame in ((f"only in {a}", only_a), (f"only in {b}", only_b)):
         if len(frame):
             typer.echo(f"\n{len(frame)} cells {label}:")
             typer.echo(tabulate(frame, headers="keys", tablefmt="github", showindex=False))
+    if not len(both) and not across_seeds and len(only_a) and len(only_b):
+        typer.echo("\nthe files share no cell; if they differ only by seed, compare with --across-seeds")
     if fail_on_regression is not None:
+        if not len(both):
+            typer.echo(f"\nerror: {a} and {b} share no cell, so nothing was compared; a regression gate that "
+                       "compared nothing fails. Compare leaderboards of the same cells"
+                       + ("" if across_seeds else " (or pass --across-seeds when only the seeds differ)"), err=True)
+            raise typer.Exit(1)
         bad = regressions(both, fail_on_regression)
         if len(bad):
             typer.echo(f"\n{len(bad)} cells regress by more than {fail_on_regression} points", err=True)
@@ -192,16 +230,16 @@ def compare(
 @app.command()
 def fourier(
     ctx: typer.Context,
-    attack: str = typer.Option("badnets", "--attack", "-a", help="Attack name."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", help="Defenses (default: none, musclelora)."),
-    dataset: str = typer.Option("sst2", "--dataset", help="Dataset name or CSV folder."),
-    backbone: str = typer.Option("minilm", "--backbone", "-b", help="Backbone."),
-    seed: int = typer.Option(1, "--seed", "-s", help="Seed."),
-    profile: str = typer.Option("cpu", "--profile", "-p", help="Run profile."),
-    samples: int = typer.Option(256, "--samples", help="Clean and poisoned dev rows in the analysis (each)."),
-    every: int = typer.Option(5, "--every", help="Record every N training steps."),
-    out: Path = typer.Option(Path("results") / "fourier", "--out", "-o", help="Output folder."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="PLUGIN.KEY=VALUE settings, as for run."),
+    attack: str = typer.Option("badnets", "--attack", "-a", metavar="NAME", help="Attack name."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", metavar="NAME", help="Defenses (default: none, musclelora)."),
+    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder."),
+    backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
+    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
+    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME", help="Run profile."),
+    samples: int = typer.Option(256, "--samples", metavar="N", help="Clean and poisoned dev rows in the analysis (each)."),
+    every: int = typer.Option(5, "--every", metavar="N", help="Record every N training steps."),
+    out: Path = typer.Option(Path("results") / "fourier", "--out", "-o", metavar="FOLDER", help="Output folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE", help="PLUGIN.KEY=VALUE settings, as for run."),
     data_dir: Optional[Path] = DataDirOpt,
     plugins: Optional[List[Path]] = PluginsOpt,
 ) -> None:
@@ -227,14 +265,14 @@ def fourier(
 @app.command()
 def cost(
     ctx: typer.Context,
-    refresh: List[int] = typer.Option([1, 4], "--refresh", help="musclelora.refresh_every values to measure."),
-    attack: List[str] = typer.Option(["badnets"], "--attack", "-a", help="Attacks."),
-    dataset: str = typer.Option("sst2", "--dataset", help="Dataset."),
-    backbone: str = typer.Option("minilm", "--backbone", "-b", help="Backbone."),
-    seed: int = typer.Option(1, "--seed", "-s", help="Seed."),
-    profile: str = typer.Option("cpu", "--profile", "-p", help="Run profile."),
-    out: Path = typer.Option(Path("results") / "cost", "--out", "-o", help="Output folder."),
-    reuse: Optional[List[Path]] = typer.Option(None, "--reuse", help="Results folders whose matching cells are copied."),
+    refresh: List[int] = typer.Option([1, 4], "--refresh", metavar="K", help="musclelora.refresh_every values to measure."),
+    attack: List[str] = typer.Option(["badnets"], "--attack", "-a", metavar="NAME", help="Attacks."),
+    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset."),
+    backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
+    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
+    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME", help="Run profile."),
+    out: Path = typer.Option(Path("results") / "cost", "--out", "-o", metavar="FOLDER", help="Output folder."),
+    reuse: Optional[List[Path]] = typer.Option(None, "--reuse", metavar="FOLDER", help="Results folders whose matching cells are copied."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Per-step cost of musclelora against lora, and what refreshing the reference gradient every k
@@ -291,6 +329,11 @@ def cache_clear(
     from .victim import VictimStore
 
     store = VictimStore()
+    known = {e["key"] for e in store.entries()}
+    unknown = [k for k in key or [] if k not in known]
+    if unknown:
+        _fail(ResultsError(f"no cached victim {unknown[0]!r} under {store.root}; `bench cache list` shows the keys"
+                           f"{registry.suggest(unknown[0], sorted(known))}"))
     if not yes and not typer.confirm(f"remove {'the given' if key else 'all'} cached victims under {store.root}?"):
         raise typer.Exit(1)
     typer.echo(f"removed {store.clear(list(key) if key else None)} victims from {store.root}")
@@ -314,9 +357,22 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _quiet_warnings() -> None:
+    """Library deprecation notices (transformers' FutureWarnings) are not the user's business."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning,
+                            module=r"(transformers|torch|datasets|peft|huggingface_hub)")
+
+
 def main() -> None:
+    _quiet_warnings()
     _quiet_transformers()
     _interrupt_on_sigterm()
+    from .hardware import configure_threads
+
+    configure_threads()
     app()
 
 

@@ -138,5 +138,10 @@ def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
             )
         lhs, value = item.split("=", 1)
         plugin, key = lhs.split(".", 1)
+        if not plugin.strip() or not key.strip():
+            raise ConfigError(
+                f"--set {item!r}: the plugin name and the key must not be empty; write PLUGIN.KEY=VALUE, for "
+                "example --set lora.r=16 or --set profile.epochs=1"
+            )
         out.setdefault(plugin.strip(), {})[key.strip()] = value.strip()
     return out

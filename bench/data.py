@@ -66,8 +66,13 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: file is missing; a dataset folder needs train.csv, dev.csv and test.csv")
     try:
         df = pd.read_csv(path, keep_default_na=False, dtype={"text": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: cannot be read as a CSV with a header row text,label ({e})") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: cannot be read as a CSV with a header row text,label ({str(e).strip()}); a text "
+                        'that holds commas must be quoted ("a, b",1)') from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; it needs a header row text,label and at least one row") from None
     missing = [c for c in ("text", "label") if c not in df.columns]
     if missing:
         raise DataError(
@@ -81,7 +86,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
-            f"{path}: row {i + 2} has label {df['label'].iloc[i]!r}, which is not an integer class id; "
+            f"{path}: row {i + 2} has label '{df['label'].iloc[i]}', which is not an integer class id; "
             "labels must be integers 0..K-1"
         )
     return pd.DataFrame({"text": df["text"].astype(str), "label": labels.astype(int)})
@@ -119,6 +124,10 @@ def load_csv_folder(
         raise DataError(f"dataset folder {str(folder)!r} does not exist")
     paths = {s: folder / f"{s}.csv" for s in SPLITS}
     frames = {s: _read_csv(p) for s, p in paths.items()}
+    classes = sorted(set(frames["train"]["label"]))
+    if len(classes) < 2:
+        raise DataError(f"{paths['train']}: every row has label {classes[0]} (only one class); a classifier (and a backdoor into "
+                        "another label) needs training rows of at least two classes")
     if num_labels is None:
         num_labels = int(frames["train"]["label"].max()) + 1
     _check_range(frames, paths, num_labels)

@@ -121,7 +121,7 @@ def analyse(
                 for di, (delta, g) in enumerate(zip(s["deltas"], s["kernels"])):
                     lo, hi = relative_errors(g, s["y"], p)
                     rows.append({
-                        "dataset": cell.dataset, "backbone": cell.backbone, "attack": cell.attack.name,
+                        "dataset": cell.dataset_name, "backbone": cell.backbone_name, "attack": cell.attack.name,
                         "defense": cell.defense.name, "seed": cell.seed, "split": name, "step": step,
                         "epoch": step / steps_per_epoch, "delta_index": di, "delta": delta,
                         "re_low": lo, "re_high": hi,
@@ -179,10 +179,24 @@ def run(cells: list[Cell], out_dir: Path, data_dir: Any = None, n_samples: int =
         command: str = "") -> pd.DataFrame:
     from tabulate import tabulate
 
-    from .results import provenance, write_json_atomic
+    from . import progress
+    from .config import ConfigError
+    from .results import ResultsError, provenance, write_json_atomic
 
+    out_dir = Path(out_dir)
+    if n_samples < 2:
+        raise ConfigError(f"--samples {n_samples}: the analysis needs at least 2 clean and 2 poisoned dev rows "
+                          "(e.g. --samples 256)")
+    if every < 1:
+        raise ConfigError(f"--every {every}: record every N >= 1 training steps (e.g. --every 5)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultsError(f"--out {out_dir} is a file; give a folder for the analysis (it is created if missing)")
     t0 = time.perf_counter()
-    df, records = analyse(cells, DataCache(data_dir), n_samples=n_samples, every=every)
+    previous = progress.use(progress.Reporter.auto(True))
+    try:
+        df, records = analyse(cells, DataCache(data_dir), n_samples=n_samples, every=every)
+    finally:
+        progress.use(previous)
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "fourier.csv", index=False)
     plot(df, out_dir / "fourier.png")

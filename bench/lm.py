@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import progress
 from .backbones import BackboneError
 
 _SCORERS: dict[str, "CausalLMScorer"] = {}
@@ -42,8 +43,30 @@ def lm_identity(name: str | None) -> Any:
         return MiniLM().identity()
     if name.startswith("tiny-"):
         return {"name": name, "random": True, "seed": 0}
-    cfg = Path(name) / "config.json"
-    return hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.is_file() else name
+    if Path(name).expanduser().is_dir():
+        from .backbones import folder_digest
+
+        return folder_digest(Path(name).expanduser())  # the folder's content, not how its path was typed
+    return name
+
+
+def check_lm_name(name: str | None, what: str) -> None:
+    """Fail now (before any cell) when the causal LM ``name`` cannot be had: a missing package or
+    folder, or a hub id with no network. ``what`` names the setting in the message."""
+    from .backbones import HubBackbone, SmolLM2
+    from .registry import has, names, suggest
+
+    if name is None or name == "minilm" or (name.startswith("tiny-") and has("backbone", name)):
+        return
+    if name.startswith("tiny-"):
+        tiny = [n for n in names("backbone") if n.startswith("tiny-")]
+        raise BackboneError(f"{what}={name!r} is not a tiny test model ({', '.join(tiny)}); set {what} to one of "
+                            f"them, 'smollm2-135m', a model folder or a hub id.{suggest(name, tiny)}")
+
+    if name == "smollm2-135m":
+        SmolLM2().check()
+    else:
+        HubBackbone(name, what).check()
 
 
 def load_causal_lm(name: str) -> tuple[Any, Any]:
@@ -101,6 +124,11 @@ class CausalLMScorer:
         ids_all = enc["input_ids"]
         order = np.argsort([len(x) for x in ids_all], kind="stable")
         pad = self.tokenizer.pad_token_id
+        with progress.stage(f"scoring with {self.name}", len(texts), "sent") as bar:
+            self._score(order, ids_all, pad, out, bar)
+        return out
+
+    def _score(self, order, ids_all, pad, out, bar) -> None:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             seqs = [([self.bos] if self.bos is not None else []) + list(ids_all[i]) for i in idx]
@@ -115,7 +143,7 @@ class CausalLMScorer:
             for j, i in enumerate(idx):
                 n = int(mask[j].sum()) - 1  # tokens scored: every real token after the start token
                 out[i] = lp[j, :n].numpy()
-        return out
+            bar.update(len(idx))
 
     def perplexity(self, texts: list[str]) -> np.ndarray:
         """exp(mean negative log-probability over the real tokens); padding never counts. An empty

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import progress
 from .attack import Attack, AttackConfig, AttackError
 from .backbones import cache_dir
 from .data import DataError, TextDataset
@@ -134,7 +135,8 @@ class ParaphraseGenerator:
             tok.pad_token = tok.eos_token or tok.unk_token
         tok.padding_side = "left" if not seq2seq else tok.padding_side
         out: list[str] = []
-        with torch_seeded(seed), torch.no_grad():
+        with torch_seeded(seed), torch.no_grad(), progress.stage(
+                f"paraphrasing with {self.model_name}", len(texts), "sent") as bar:
             for i in range(0, len(texts), s.batch_size):
                 prompts = [s.prompt.format(text=t) for t in texts[i:i + s.batch_size]]
                 enc = tok(prompts, return_tensors="pt", padding=True, truncation=True, max_length=256)
@@ -146,6 +148,7 @@ class ParaphraseGenerator:
                 if not seq2seq:
                     gen = gen[:, enc["input_ids"].shape[1]:]
                 out += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
+                bar.update(len(prompts))
         return out
 
 

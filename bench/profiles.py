@@ -44,14 +44,26 @@ class Profile:
     test_size: int | None = None  # None: the full clean test set; else a fixed stratified slice (declared)
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise ConfigError(f"profile {self.name}: epochs, batch_size must be >= 1 and max_length >= 8")
-        if self.train_size is not None and self.train_size < 2:
-            raise ConfigError(f"profile {self.name}: train_size must be None or >= 2")
-        if self.clean_size < 0 or self.min_selection < 1:
-            raise ConfigError(f"profile {self.name}: clean_size must be >= 0 and min_selection >= 1")
-        if self.test_size is not None and self.test_size < 2:
-            raise ConfigError(f"profile {self.name}: test_size must be None or >= 2")
+        rules = [
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+            ("max_length", self.max_length >= 8, ">= 8"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("adapter_learning_rate", self.adapter_learning_rate > 0, "> 0"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("grad_clip", self.grad_clip > 0, "> 0"),
+            ("train_size", self.train_size is None or self.train_size >= 2, "None or >= 2"),
+            ("test_size", self.test_size is None or self.test_size >= 2, "None or >= 2"),
+            ("clean_size", self.clean_size >= 0, ">= 0"),
+            ("min_selection", self.min_selection >= 1, ">= 1"),
+            ("stealth_samples", self.stealth_samples >= 0, ">= 0"),
+        ]
+        for field, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"profile {self.name}: profile.{field}={getattr(self, field)!r} must be {rule}; "
+                                  f"change it with --set profile.{field}=VALUE")
 
 
 PROFILES = {
@@ -71,8 +83,12 @@ PROFILES = {
     ),
     "smoke": Profile(
         name="smoke",
-        description="seconds-long plumbing check for tests: 64 training rows, 1 epoch, max length 32",
-        train_size=64, epochs=1, batch_size=16, learning_rate=1e-3, adapter_learning_rate=3e-3, max_length=32,
+        description="seconds-long check for tests: at most 256 training rows, 4 epochs, batch 16, lr 5e-3, max "
+        "length 32; on the tests' toy dataset tiny-bert learns the task and the BadNets backdoor",
+        # 60 steps on the toy dataset (240 rows): what the random 2-layer tiny-bert needs to leave its
+        # constant-prediction plateau. With 4 steps (the former 64 rows x 1 epoch) it predicted one label
+        # everywhere (CACC 50), so no test could see the metrics change.
+        train_size=256, epochs=4, batch_size=16, learning_rate=5e-3, adapter_learning_rate=3e-3, max_length=32,
         backbones=("tiny-bert",), stealth_samples=0, scorer_lm="tiny-llama", clean_size=128,
         min_selection=16,
     ),

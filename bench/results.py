@@ -68,8 +68,8 @@ class ResultsError(BenchError, ValueError):
 def config_key(config: dict) -> str:
     """A hash of a cell configuration's content (the record's file name).
 
-    The profile's ``plugin_settings`` are left out: they only set plugin configs, which the key
-    already holds as resolved values, so tuning one plugin there does not invalidate other cells.
+    A profile field ``plugin_settings`` (which records made before plugins had ``profile_defaults``
+    carry) is left out, so those records keep their keys.
     """
     config = {**config, "profile": {k: v for k, v in config.get("profile", {}).items() if k != "plugin_settings"}}
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
@@ -104,33 +104,54 @@ def package_versions() -> dict:
 def machine() -> dict:
     import torch
 
+    from .hardware import available_cores
+
     return {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "available_cores": available_cores(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file of this process and rename: readers and concurrent writers never
+    see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def record_path(out_dir: Path, key: str) -> Path:
     return Path(out_dir) / "records" / f"{key}.json"
 
 
+RECORD_FIELDS = ("key", "row", "config", "provenance")
+
+
 def load_records(out_dir: Path) -> list[dict]:
+    """Every record in ``out_dir/records``; a file that is not a record is an error naming it."""
     folder = Path(out_dir) / "records"
     recs = []
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        fix = f"move it out of {folder} (or delete it: the cell is then recomputed by the next run)"
         try:
-            recs.append(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{p}: not valid JSON ({e}); delete it to recompute that cell") from None
+            rec = json.loads(p.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ResultsError(f"{p}: not valid JSON ({e}); {fix}") from None
+        if not isinstance(rec, dict):
+            raise ResultsError(f"{p}: a bench record is a JSON object, this file holds a {type(rec).__name__}; {fix}")
+        missing = [f for f in RECORD_FIELDS if f not in rec]
+        if missing or not isinstance(rec.get("row"), dict) or not isinstance(rec.get("config"), dict):
+            raise ResultsError(f"{p}: not a bench record (missing {', '.join(missing) or 'a valid row/config'}; "
+                               f"a record has {', '.join(RECORD_FIELDS)}); {fix}")
+        recs.append(rec)
     return recs
 
 
@@ -182,7 +203,7 @@ def write_leaderboard(out_dir: Path) -> pd.DataFrame:
     records = load_records(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = records_frame(records)
-    df.to_csv(out_dir / "leaderboard.csv", index=False)
+    write_text_atomic(out_dir / "leaderboard.csv", df.to_csv(index=False))
     commits = sorted({r["provenance"]["git"]["commit"][:10] for r in records})
     notes = [
         f"{len(records)} records in `{out_dir.name}/records/`; this file and leaderboard.csv are rebuilt from them "
@@ -191,59 +212,129 @@ def write_leaderboard(out_dir: Path) -> pd.DataFrame:
     ]
     commands = sorted({r["provenance"].get("command") or "" for r in records} - {""})
     notes += [f"command of records: `{c}`" for c in commands]
-    runs = out_dir / "runs.jsonl"
-    if runs.is_file():
-        for line in runs.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                notes.append(
-                    f"run `{r['command']}`: {r['cells_run']} cells run, {r['cells_skipped']} already recorded, "
-                    f"{r.get('cells_copied', 0)} copied from another results folder, "
-                    f"wall time {r['wall_seconds'] / 60:.1f} min, commit {r['git']['commit'][:10]}"
-                )
-    (out_dir / "leaderboard.md").write_text(to_markdown(df, "Leaderboard", notes))
+    notes += run_notes(out_dir)
+    write_text_atomic(out_dir / "leaderboard.md", to_markdown(df, "Leaderboard", notes))
     return df
 
 
 def append_run(out_dir: Path, entry: dict) -> None:
+    """One line of ``runs.jsonl`` (a single append: concurrent runs do not interleave lines)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "runs.jsonl", "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def read_runs(out_dir: Path) -> list[dict]:
+    """The runs of a folder, one dict per run: a run writes a "started" line and, unless it was killed,
+    an end line (finished, interrupted, failed). Runs without an end line are marked died (their
+    process is gone) or running. Lines from before run ids existed are finished runs."""
+    path = Path(out_dir) / "runs.jsonl"
+    runs: dict[str, dict] = {}
+    for i, line in enumerate(path.read_text().splitlines() if path.is_file() else []):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: the run is still listed by its other line
+        if not isinstance(entry, dict):
+            continue
+        rid = entry.get("run_id") or f"line{i}"
+        run = runs.setdefault(rid, {})
+        run.update(entry)
+    for run in runs.values():
+        event = run.get("event", "finished")
+        if event == "started":
+            same_host = run.get("host") == platform.node()
+            alive = same_host and _pid_alive(int(run.get("pid", 0) or 0))
+            run["status"] = "running" if alive else "died (killed, or its machine stopped)"
+        else:
+            run["status"] = event
+    return list(runs.values())
+
+
+def run_notes(out_dir: Path) -> list[str]:
+    notes = []
+    for r in read_runs(out_dir):
+        git = (r.get("git") or {}).get("commit", "unknown")[:10]
+        if r["status"] == "finished":
+            notes.append(
+                f"run `{r.get('command', '')}`: {r.get('cells_run', 0)} cells run, {r.get('cells_skipped', 0)} "
+                f"already recorded, {r.get('cells_copied', 0)} copied from another results folder"
+                + (f", {r['cells_claimed_elsewhere']} left to a concurrent run" if r.get("cells_claimed_elsewhere")
+                   else "")
+                + f", wall time {r.get('wall_seconds', 0) / 60:.1f} min, commit {git}"
+            )
+        else:
+            notes.append(f"run `{r.get('command', '')}` ({r.get('started', '?')}, commit {git}): {r['status']}"
+                         + (f" after {r['cells_run']} cells" if "cells_run" in r else "")
+                         + (f": {r['error']}" if r.get("error") else ""))
+    return notes
 
 
 def read_leaderboard_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: no such leaderboard CSV (bench run writes <out>/leaderboard.csv)")
+    hint = "give a leaderboard.csv that `bench run` or `bench leaderboard` wrote"
     try:
         df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ResultsError(f"{path}: cannot be read as CSV ({e})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: cannot be read as CSV ({type(e).__name__}); {hint}") from None
     missing = [c for c in CELL_KEY + METRICS if c not in df.columns]
     if missing:
-        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; is it a bench leaderboard.csv?")
+        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; {hint}")
+    for m in METRICS:
+        values = pd.to_numeric(df[m], errors="coerce")
+        if values.isna().any() and df[m].notna().any():
+            bad = df[m][values.isna() & df[m].notna()]
+            if len(bad):
+                raise ResultsError(f"{path}: column {m} holds {bad.iloc[0]!r}, not a number; {hint}")
+        df[m] = values
     dup = df.duplicated(CELL_KEY)
     if dup.any():
         raise ResultsError(f"{path}: {int(dup.sum())} duplicate cell(s) on {', '.join(CELL_KEY)}")
     return df
 
 
-def compare(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(joined cells with deltas in points, cells only in a, cells only in b)."""
-    keys_a = a[CELL_KEY].fillna("").astype(str)
-    keys_b = b[CELL_KEY].fillna("").astype(str)
-    a = a.assign(**{c: keys_a[c] for c in CELL_KEY})
-    b = b.assign(**{c: keys_b[c] for c in CELL_KEY})
-    merged = a[CELL_KEY + METRICS].merge(
-        b[CELL_KEY + METRICS], on=CELL_KEY, how="outer", suffixes=("_a", "_b"), indicator=True
+def _over_seeds(df: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    agg = df.groupby(key, sort=True, dropna=False)[METRICS].mean().reset_index()
+    agg["n_seeds"] = df.groupby(key, sort=True, dropna=False).size().to_numpy()
+    return agg
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame, across_seeds: bool = False
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(joined cells with deltas in points, cells only in a, cells only in b). ``across_seeds``: each
+    file's cells are averaged over their seeds and joined without the seed (``n_seeds_a/_b``)."""
+    key = [c for c in CELL_KEY if c != "seed"] if across_seeds else CELL_KEY
+    def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[key].apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v)))
+
+    keys_a, keys_b = as_text(a), as_text(b)
+    a = a.assign(**{c: keys_a[c] for c in key})
+    b = b.assign(**{c: keys_b[c] for c in key})
+    extra: list[str] = []
+    if across_seeds:
+        a, b, extra = _over_seeds(a, key), _over_seeds(b, key), ["n_seeds"]
+    merged = a[key + METRICS + extra].merge(
+        b[key + METRICS + extra], on=key, how="outer", suffixes=("_a", "_b"), indicator=True
     )
     both = merged[merged["_merge"] == "both"].drop(columns="_merge").copy()
     for m in METRICS:
         both[f"d_{m}"] = 100 * (both[f"{m}_b"] - both[f"{m}_a"])
         both[f"{m}_a"] = 100 * both[f"{m}_a"]
         both[f"{m}_b"] = 100 * both[f"{m}_b"]
-    only_a = merged[merged["_merge"] == "left_only"][CELL_KEY]
-    only_b = merged[merged["_merge"] == "right_only"][CELL_KEY]
+    only_a = merged[merged["_merge"] == "left_only"][key]
+    only_b = merged[merged["_merge"] == "right_only"][key]
     return both.reset_index(drop=True), only_a.reset_index(drop=True), only_b.reset_index(drop=True)
 
 

@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
+import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,16 +25,19 @@ from typing import Any, Callable
 import datasets
 import numpy as np
 
-from . import registry
+from . import progress, registry
 from .attack import Attack, PoisonedData
-from .backbones import resolve_backbone
+from .backbones import HubBackbone, resolve_backbone
+from .claims import try_claim
 from .config import ConfigError, build_config, changed_settings, config_dict
 from .data import DataError, TextDataset, load_csv_folder, load_hub, resolve_data_dir, stratified_indices
 from .defense import Defense, DefenseContext
 from .errors import ContractError
 from .metrics import attack_success_rate, clean_accuracy
 from .profiles import PROFILES, Profile
+from .hub import check_hub_name, looks_like_path
 from .results import (
+    ResultsError,
     append_run,
     config_key,
     git_state,
@@ -46,6 +51,10 @@ from .seeding import torch_seeded
 from .stealth import stealth_scores
 from .training import pick_device, train
 from .victim import Victim, VictimStore
+
+MIN_ASR_ROWS = 5  # fewer poisoned test rows than this: ASR is refused (one row would move it by > 20 points)
+WARN_ASR_ROWS = 50  # fewer than this: a warning (once per dataset and attack in a process)
+_WARNED: set = set()
 
 # profile fields that do not change a trained model (left out of victim keys)
 EVAL_ONLY_FIELDS = ("name", "description", "eval_batch_size", "datasets", "backbones", "stealth_samples",
@@ -89,8 +98,50 @@ class Cell:
         return "; ".join(parts)
 
     @property
+    def dataset_name(self) -> str:
+        """How rows and keys name the dataset: a registered name, a folder's own name (never the path
+        as typed), or a hub id."""
+        return dataset_name(self.dataset)
+
+    @property
+    def backbone_name(self) -> str:
+        bb = resolve_backbone(self.backbone)
+        return bb.display_name if isinstance(bb, HubBackbone) else self.backbone
+
+    @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.backbone}/{self.attack.name}/{self.defense.name}/seed{self.seed}"
+        return f"{self.dataset_name}/{self.backbone_name}/{self.attack.name}/{self.defense.name}/seed{self.seed}"
+
+
+def dataset_name(spec: str) -> str:
+    if registry.has("dataset", spec):
+        return spec
+    path = Path(spec).expanduser()
+    return path.resolve().name if path.is_dir() else spec
+
+
+def resolve_dataset(name: str) -> str:
+    """A registered name, the absolute path of a dataset folder, or a hub id; anything else fails now
+    (a path that does not exist says so; a typo gets a "did you mean")."""
+    if registry.has("dataset", name):
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    registered = registry.names("dataset")
+    hint = registry.suggest(name, registered)
+    if path.exists():
+        raise DataError(f"dataset {name!r} is a file; a dataset is a registered name ({', '.join(registered)}) "
+                        "or a folder holding train.csv, dev.csv and test.csv")
+    if looks_like_path(name):
+        raise DataError(f"dataset folder {name!r} does not exist; give a folder holding train.csv, dev.csv and "
+                        f"test.csv, or a registered dataset ({', '.join(registered)}).{hint}")
+    if "/" not in name:
+        registry.get("dataset", name)  # raises: unknown name, with "did you mean"
+    check_hub_name(name, "dataset", f"dataset {name!r}",
+                   f"give a folder of train/dev/test CSV files or a registered dataset ({', '.join(registered)})"
+                   f".{hint}", DataError)
+    return name
 
 
 def _default_config(cls: type, profile_name: str) -> Any:
@@ -112,9 +163,10 @@ def plan(
             f"--set names {stray[0]!r}, which is not among the selected attacks or defenses "
             f"({', '.join(sorted(known))}).{registry.suggest(stray[0], sorted(known))}"
         )
-    for name in datasets_:
-        if not registry.has("dataset", name) and not Path(name).is_dir() and "/" not in name:
-            registry.get("dataset", name)  # raises with "did you mean"
+    datasets_ = list(dict.fromkeys(resolve_dataset(name) for name in datasets_))
+    for b in backbones:
+        resolve_backbone(b).check()  # a missing package, folder or network fails here, not after training
+    pick_device(profile.device)  # a device this machine does not have fails here
     attack_objs = {}
     for a in attacks:
         cls = registry.get("attack", a)
@@ -124,10 +176,30 @@ def plan(
         cls = registry.get("defense", d)
         values = {**getattr(cls, "profile_defaults", {}).get(profile.name, {}), **user.get(d, {})}
         defense_specs[d] = DefenseSpec(cls, build_config(cls.Config, values, owner=f"defense {d}"))
+    _check_models(profile, attack_objs.values(), defense_specs.values())
+    for seed in seeds:
+        if not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"--seed {seed}: seeds are integers >= 0 (e.g. --seed 1 --seed 2 --seed 3)")
     return [
         Cell(ds, bb, attack_objs[a], defense_specs[d], seed, profile)
         for ds, bb, a, d, seed in itertools.product(datasets_, backbones, attacks, defenses, seeds)
     ]
+
+
+def _check_models(profile: Profile, attacks, specs) -> None:
+    """Every model a run will load besides the backbone (stealth LM, scorers, generators), checked now."""
+    from .lm import check_lm_name
+
+    if profile.stealth_samples > 0:
+        check_lm_name(profile.stealth_lm, "profile.stealth_lm")
+    for spec in specs:
+        if hasattr(spec.config, "scorer"):  # a Config field `scorer` names a causal LM (None: the profile's)
+            named = spec.config.scorer
+            check_lm_name(named or profile.scorer_lm, f"{spec.name}.scorer" if named else "profile.scorer_lm")
+    for attack in attacks:
+        generator = getattr(attack.config, "generator", None)
+        if generator:
+            HubBackbone(generator, f"{attack.name}.generator").check()
 
 
 class DataCache:
@@ -138,15 +210,14 @@ class DataCache:
         self._cache: dict[str, TextDataset] = {}
 
     def get(self, name: str) -> TextDataset:
+        name = resolve_dataset(name)
         if name not in self._cache:
             if registry.has("dataset", name):
                 self._cache[name] = registry.get("dataset", name)().load(resolve_data_dir(self.data_dir))
             elif Path(name).is_dir():
                 self._cache[name] = load_csv_folder(name)
-            elif "/" in name:
-                self._cache[name] = load_hub(name)
             else:
-                registry.get("dataset", name)
+                self._cache[name] = load_hub(name)
         return self._cache[name]
 
 
@@ -161,7 +232,7 @@ def _defense_identity(spec: DefenseSpec) -> dict:
 def cell_config(cell: Cell, data: TextDataset) -> dict:
     """The content that identifies a cell's result (its record key is a hash of this)."""
     return {
-        "dataset": {"name": cell.dataset, "fingerprint": data.fingerprint, "num_labels": data.num_labels},
+        "dataset": {"name": cell.dataset_name, "fingerprint": data.fingerprint, "num_labels": data.num_labels},
         "backbone": resolve_backbone(cell.backbone).identity(),
         "attack": {"name": cell.attack.name, "config": config_dict(cell.attack.config),
                    **cell.attack.source_identity(data)},
@@ -207,11 +278,25 @@ def prepare(cell: Cell, data: TextDataset) -> Prepared:
     if prof.train_size is not None:
         train_split = train_split.select(stratified_indices(train_split["label"], prof.train_size, cell.seed))
     poisoned = cell.attack.poison(data, cell.seed, train=train_split)
-    if len(poisoned.test_poison) == 0:
-        raise DataError(
-            f"{cell.label}: the attack produced no poisoned test rows (no non-target test row has a trigger), "
-            "so ASR is undefined"
-        )
+    n_poison = len(poisoned.test_poison)
+    if n_poison < MIN_ASR_ROWS:
+        target = poisoned.target_label
+        n_nontarget = sum(1 for y in data.test["label"] if y != target)
+        if n_nontarget == 0:
+            cause = (f"every test row has the target label {target}, so there is no row to attack; use a test split "
+                     "with other labels or another --target-label")
+        elif n_poison == 0 and poisoned.counts.get("test_skipped_no_transform"):
+            cause = (f"none of the {n_nontarget} non-target test rows could be transformed by the attack (its "
+                     "paraphrase table covers none of them); add them to the table or use another attack")
+        else:
+            cause = (f"only {n_poison} poisoned test rows (of {n_nontarget} non-target rows), so one row would move "
+                     f"ASR by {100 / max(n_poison, 1):.0f} points; use a larger test split (at least {MIN_ASR_ROWS} "
+                     "non-target rows the attack can poison)")
+        raise DataError(f"{cell.label}: ASR cannot be measured: {cause}")
+    if n_poison < WARN_ASR_ROWS and (cell.dataset, cell.attack.name) not in _WARNED:
+        _WARNED.add((cell.dataset, cell.attack.name))
+        progress.warn(f"{cell.label}: ASR rests on {n_poison} poisoned test rows (one row = "
+                      f"{100 / n_poison:.1f} points)")
     selection, clean_pool = split_dev(poisoned.dev_clean, prof.clean_size, prof.min_selection, cell.seed, cell.label)
     return Prepared(data, poisoned, selection, clean_pool)
 
@@ -294,7 +379,7 @@ class Evaluator:
         trainer = defense if trains else Defense()
         identity = victim_identity(cell, prep, spec)
         key = config_key(identity)
-        identity["label"] = f"{cell.dataset}/{cell.backbone}/{cell.attack.name}/" \
+        identity["label"] = f"{cell.dataset_name}/{cell.backbone_name}/{cell.attack.name}/" \
                             f"{spec.name if spec else 'plain'}/seed{cell.seed}"
         prof = cell.profile
         built: dict = {}
@@ -452,7 +537,7 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
         "n_stealth": stealth["n_stealth"],
     }
     row = {
-        "dataset": cell.dataset, "backbone": cell.backbone, "attack": cell.attack.name,
+        "dataset": cell.dataset_name, "backbone": cell.backbone_name, "attack": cell.attack.name,
         "defense": cell.defense.name, "seed": cell.seed,
         **{k: metrics[k] for k in ("cacc", "asr", "clean_to_target", "frr", "poison_rejected")},
         "poison_rate": cell.attack.config.poison_rate, "label_regime": cell.attack.config.label_regime,
@@ -493,33 +578,114 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
 
 def _grid_order(cell: Cell) -> tuple:
     """Cells that share a victim run next to each other (post-training defenses after their attack)."""
-    return (cell.dataset, cell.backbone, cell.seed, cell.attack.name,
+    return (cell.dataset, str(cell.backbone), cell.seed, cell.attack.name,
             json.dumps(config_dict(cell.attack.config), sort_keys=True),
             cell.defense.cls.acts_in_training(), cell.defense.name)
 
 
+def _expected_steps(cell: Cell, data: TextDataset) -> int:
+    """Training steps a cell's victim takes (for the grid's time estimate)."""
+    prof = cell.profile
+    n = len(data.train) if prof.train_size is None else min(prof.train_size, len(data.train))
+    _, epochs = cell.defense.build().schedule(prof)
+    return -(-n // prof.batch_size) * epochs
+
+
+class GridClock:
+    """The grid's time estimate, from measured costs: seconds per training step (per defense where
+    measured) times the steps still to train, plus each remaining cell's evaluation time (per defense
+    where measured). Cells whose victim another cell trains count no steps."""
+
+    def __init__(self, cells: list[Cell], steps: dict[int, int]):
+        self.cells, self.steps = cells, steps  # steps: id(cell) -> expected training steps (0: shares a victim)
+        self.step_rate: dict[str, list[float]] = {}  # defense -> [seconds, steps]
+        self.eval_cost: dict[str, list[float]] = {}  # defense -> [seconds, cells]
+        self.done: set[int] = set()
+        self.current: tuple[int, int] | None = None  # (id of the running cell, steps it has done)
+
+    def observe_training(self, cell: Cell, seconds: float, steps: int) -> None:
+        acc = self.step_rate.setdefault(cell.defense.name, [0.0, 0])
+        acc[0] += seconds
+        acc[1] += steps
+
+    def observe_cell(self, cell: Cell, seconds: float, train_seconds: float) -> None:
+        acc = self.eval_cost.setdefault(cell.defense.name, [0.0, 0])
+        acc[0] += max(0.0, seconds - train_seconds)
+        acc[1] += 1
+        self.done.add(id(cell))
+        self.current = None
+
+    def _rate(self, table: dict[str, list[float]], name: str) -> float | None:
+        if name in table and table[name][1]:
+            return table[name][0] / table[name][1]
+        total = [sum(v[0] for v in table.values()), sum(v[1] for v in table.values())]
+        return total[0] / total[1] if total[1] else None
+
+    def remaining(self) -> float | None:
+        """Seconds left, or None before anything was measured."""
+        left = 0.0
+        for cell in self.cells:
+            if id(cell) in self.done:
+                continue
+            steps = self.steps.get(id(cell), 0)
+            if self.current and self.current[0] == id(cell):
+                steps = max(0, steps - self.current[1])
+            if steps:
+                rate = self._rate(self.step_rate, cell.defense.name)
+                if rate is None:
+                    return None
+                left += steps * rate
+            cost = self._rate(self.eval_cost, cell.defense.name)
+            left += cost or 0.0
+        return left
+
+
 def run_grid(
     cells: list[Cell], out_dir: str | Path, data_dir: str | Path | None = None, command: str = "",
-    progress: bool = True, force: bool = False, reuse: list[str | Path] | None = None,
+    progress: str | bool = "auto", force: bool = False, reuse: list[str | Path] | None = None,
     store: VictimStore | None = None,
 ) -> dict:
     """Run every cell not yet recorded in ``out_dir``; rebuild the leaderboard after each one.
 
     A cell recorded with the same key in one of the ``reuse`` folders is copied, not recomputed
-    (its record says where it came from).
+    (its record says where it came from). ``force`` recomputes recorded cells. Each cell is claimed
+    before it runs (``OUT/claims``), so several processes on one folder split the work. The run
+    writes a "started" line to ``runs.jsonl`` and an end line (finished, interrupted, failed).
+    ``progress``: "auto" or True (bars on a terminal, else plain lines), "lines", "bar", "off" or False.
     """
-    from tqdm.auto import tqdm
+    from .progress import Reporter, use
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultsError(f"--out {out_dir} is a file; give a folder for the results (it is created if missing)")
+    for d in reuse or []:
+        if not (Path(d) / "records").is_dir():
+            raise ResultsError(f"--reuse {d}: {'no such folder' if not Path(d).exists() else 'no records/ folder in it'}"
+                               "; give a results folder that a previous `bench run --out` wrote")
+    mode = {True: "auto", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
+    reporter = Reporter.auto(True) if mode == "auto" else Reporter(mode)
+    previous = use(reporter)
+    try:
+        return _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store)
+    finally:
+        use(previous)
+
+
+def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) -> dict:
+    from .hardware import configure_threads
+    from .progress import fmt_seconds
+
+    threads = configure_threads()
     git = git_state()  # the code this process runs is the code as it was when it started
     ev = Evaluator(DataCache(data_dir), store, git)
     t0 = time.perf_counter()
     # keys recomputed from each record's stored configuration (robust to how keys were once hashed)
     done = {config_key(r["config"]): r["key"] for r in load_records(out_dir)}
     elsewhere = {config_key(r["config"]): (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
-    todo, skipped, copied = [], 0, 0
+    todo, skipped, copied, keys = [], 0, 0, {}
     for cell in cells:  # resolve data and keys first: bad data fails before any training
         key = config_key(cell_config(cell, ev.data.get(cell.dataset)))
+        keys[id(cell)] = key
         if key in done and not force:
             skipped += 1
         elif key in elsewhere and not force:
@@ -533,38 +699,109 @@ def run_grid(
         else:
             todo.append(cell)
     todo.sort(key=_grid_order)
-    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, position=0)
-    ran = 0
+    expected, seen_groups = {}, set()
+    for cell in todo:
+        group = _grid_order(cell)[:5]  # cells of one group share the plain victim
+        trains = cell.defense.cls.acts_in_training() or group not in seen_groups
+        if not cell.defense.cls.acts_in_training():
+            seen_groups.add(group)
+        expected[id(cell)] = _expected_steps(cell, ev.data.get(cell.dataset)) if trains else 0
+    clock = GridClock(todo, expected)
+    run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    status = {"ran": 0, "claimed_elsewhere": 0}
+    if todo:
+        append_run(out_dir, {"event": "started", "run_id": run_id, "command": command, "pid": os.getpid(),
+                             "host": platform.node(), "cells_planned": len(cells), "cells_to_run": len(todo),
+                             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "git": git, **threads})
+    reporter.line(f"{len(cells)} cells planned: {len(todo)} to run, {skipped} already recorded in {out_dir}, "
+                  f"{copied} copied; torch uses {threads['threads']} threads ({threads['threads_from']})")
     trainings0 = ev.store.trainings
+    end = {"event": "finished"}
+    bar = None
+    if reporter.mode == "bar":
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="cells", unit="cell", position=0, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+    def eta_text() -> str:
+        left = clock.remaining()
+        return "ETA after the first training steps" if left is None else f"~{fmt_seconds(left)} left"
+
     try:
-        for cell in todo:
-            bar.set_postfix_str(cell.label)
-            steps = tqdm(desc="  steps", unit="step", leave=False, disable=not progress, position=1)
+        for i, cell in enumerate(todo, 1):
+            key = keys[id(cell)]
+            if not force and record_path(out_dir, key).is_file():  # a concurrent run finished it meanwhile
+                skipped += 1
+                clock.observe_cell(cell, 0.0, 0.0)
+                continue
+            claim = try_claim(out_dir, key, cell.label)
+            if claim is None:
+                status["claimed_elsewhere"] += 1
+                reporter.line(f"[{i}/{len(todo)}] {cell.label}: another run is computing it (claims/{key}.json)")
+                clock.observe_cell(cell, 0.0, 0.0)
+                continue
+            try:
+                if bar is not None:
+                    bar.set_postfix_str(f"{eta_text()} | {cell.label}")
+                else:
+                    reporter.line(f"[{i}/{len(todo)}] {cell.label}: started ({eta_text()} for the grid)")
+                c0 = time.perf_counter()
+                steps_t0: list[float] = []
 
-            def on_step(step: int, total: int) -> None:
-                steps.total = total
-                steps.update(step - steps.n)
+                def on_step(step: int, total: int, cell=cell) -> None:
+                    if not steps_t0:
+                        steps_t0.append(time.perf_counter())
+                    clock.current = (id(cell), step)
+                    claim.heartbeat()
+                    if step == total or step % 20 == 0:
+                        if step > 1:
+                            clock.step_rate[cell.defense.name] = [time.perf_counter() - steps_t0[0], step - 1]
+                        if bar is not None:
+                            bar.set_postfix_str(f"{eta_text()} | {cell.label}")
 
-            rec = ev.run_cell(cell, on_step=on_step)
-            steps.close()
-            rec["provenance"]["command"] = command
-            old = done.get(rec["key"])
-            if old and old != rec["key"]:  # a --force rerun of a record stored under an older key
-                record_path(out_dir, old).unlink(missing_ok=True)
-            write_json_atomic(record_path(out_dir, rec["key"]), rec)
+                rec = ev.run_cell(cell, on_step=on_step)
+                rec["provenance"]["command"] = command
+                rec["provenance"]["run_id"] = run_id
+                old = done.get(rec["key"])
+                if old and old != rec["key"]:  # a --force rerun of a record stored under an older key
+                    record_path(out_dir, old).unlink(missing_ok=True)
+                write_json_atomic(record_path(out_dir, rec["key"]), rec)
+            finally:
+                claim.release()
             write_leaderboard(out_dir)
-            ran += 1
-            bar.update(1)
+            status["ran"] += 1
+            train_s = rec["row"]["train_seconds"] if rec["row"]["victim_trained_here"] else 0.0
+            if rec["row"]["victim_trained_here"] and rec["training"].get("steps"):
+                clock.observe_training(cell, float(train_s or 0.0), int(rec["training"]["steps"]))
+            clock.observe_cell(cell, time.perf_counter() - c0, float(train_s or 0.0))
+            r = rec["row"]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(eta_text())
+            reporter.line(f"[{i}/{len(todo)}] {cell.label}: CACC {100 * r['cacc']:.2f} ASR {100 * r['asr']:.2f}, "
+                          f"{fmt_seconds(time.perf_counter() - c0)}"
+                          f"{'' if r['victim_trained_here'] else ' (victim from the cache)'}; {eta_text()}")
+    except KeyboardInterrupt:
+        end = {"event": "interrupted", "error": "interrupted (Ctrl-C or SIGTERM)"}
+        raise
+    except BaseException as e:
+        end = {"event": "failed", "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         wall = time.perf_counter() - t0
-        if ran or copied or not cells:
+        if todo:
             append_run(out_dir, {
-                "command": command, "cells_run": ran, "cells_skipped": skipped, "cells_copied": copied,
+                **end, "run_id": run_id, "command": command, "cells_run": status["ran"], "cells_skipped": skipped,
+                "cells_copied": copied, "cells_claimed_elsewhere": status["claimed_elsewhere"],
                 "cells_planned": len(cells), "victims_trained": ev.store.trainings - trainings0,
-                "wall_seconds": round(wall, 1), "git": git,
+                "wall_seconds": round(wall, 1), "git": git, **threads,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
-        write_leaderboard(out_dir)
-    return {"ran": ran, "skipped": skipped, "copied": copied, "wall_seconds": wall,
-            "victims_trained": ev.store.trainings - trainings0}
+        if load_records(out_dir) or (out_dir / "leaderboard.csv").is_file():
+            write_leaderboard(out_dir)
+    return {"ran": status["ran"], "skipped": skipped, "copied": copied, "wall_seconds": wall,
+            "claimed_elsewhere": status["claimed_elsewhere"], "victims_trained": ev.store.trainings - trainings0}

@@ -15,14 +15,30 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import progress
 from .defense import Defense, StepState
 from .seeding import torch_seeded
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; a device this machine lacks is a ConfigError."""
+    from .config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"profile.device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"profile.device={name!r}, but torch sees no CUDA device here (torch "
+                          f"{torch.__version__}); use --set profile.device=auto (or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"profile.device={name!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s); use --set profile.device=cuda:0 (or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"profile.device={name!r}, but MPS is not available here; use --set profile.device=auto")
+    return device
 
 
 def autocast(device: torch.device, precision: str):
@@ -164,7 +180,8 @@ def train(
     step = 0
     t_train = 0.0
     memory: dict = {}
-    with torch_seeded(seed):
+    with torch_seeded(seed), progress.stage(
+            f"training ({defense.name})" if defense.acts_in_training() else "training", total_steps, "step") as bar:
         gen = torch.Generator().manual_seed(seed)
         ref_gen = torch.Generator().manual_seed(seed + 1)
 
@@ -190,6 +207,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 epoch_loss += loss
                 step += 1
+                bar.advance_to(step)
                 if on_step:
                     on_step(step, total_steps)
             t_train += time.perf_counter() - t0
@@ -198,6 +216,7 @@ def train(
             dev_accs.append(acc)
             losses.append(epoch_loss / steps_per_epoch)
             record = {"epoch": epoch, "dev_acc": acc, "train_loss": losses[-1]}
+            progress.note(f"epoch {epoch + 1}/{epochs}: clean dev acc {acc:.4f}, train loss {losses[-1]:.4f}")
             history.append(record)
             if on_eval:
                 on_eval(record)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bench import progress
 from bench.config import ConfigError
 from bench.defense import CleanBudgetError, Defense, DefenseContext
 from bench.registry import register
@@ -158,6 +159,19 @@ def score_sentences(sentences: list[str], scorer: Any) -> tuple[dict[str, np.nda
     out = {s: cached[keys[s]] for s in wanted if keys[s] in cached}
     todo = [s for s in wanted if s not in out]
     start = time.perf_counter()
+    with progress.stage("ONION: word scores", len(todo), "sent") as bar:
+        _score_groups(todo, scorer, keys, cache, out, bar)
+    seconds = time.perf_counter() - start
+    stats = {
+        "sentences_scored": len(todo),
+        "sentences_from_cache": len(wanted) - len(todo),
+        "scoring_seconds": round(seconds, 3),
+        "seconds_per_sentence": round(seconds / len(todo), 5) if todo else None,
+    }
+    return out, stats
+
+
+def _score_groups(todo: list[str], scorer: Any, keys: dict, cache: "ScoreCache", out: dict, bar: Any) -> None:
     for g in range(0, len(todo), _GROUP):
         group = todo[g:g + _GROUP]
         variants, spans = [], []
@@ -169,14 +183,7 @@ def score_sentences(sentences: list[str], scorer: Any) -> tuple[dict[str, np.nda
         fresh = {s: word_scores_from_ppl(ppl[a:b]) for s, (a, b) in zip(group, spans)}
         out.update(fresh)
         cache.put_many({keys[s]: f for s, f in fresh.items()})
-    seconds = time.perf_counter() - start
-    stats = {
-        "sentences_scored": len(todo),
-        "sentences_from_cache": len(wanted) - len(todo),
-        "scoring_seconds": round(seconds, 3),
-        "seconds_per_sentence": round(seconds / len(todo), 5) if todo else None,
-    }
-    return out, stats
+        bar.update(len(group))
 
 
 def _json_float(x: float) -> float | None:

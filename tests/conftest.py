@@ -1,9 +1,20 @@
 import os
 import random
 
-import numpy as np
-import pytest
-import torch
+# One torch thread per process, set before torch is imported: the tests' tiny models lose to thread
+# overhead, and on a shared 2-core machine every process taking every core slows all of them (issue 9:
+# 571 s under load with torch's default, 118 s pinned). OMP_NUM_THREADS also reaches the processes the
+# tests spawn and the CLI's own thread choice (bench.hardware honours it). To test with more threads,
+# set OMP_NUM_THREADS in the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+_threads = os.environ["OMP_NUM_THREADS"].strip()
+torch.set_num_threads(int(_threads) if _threads.isdigit() and int(_threads) > 0 else 1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

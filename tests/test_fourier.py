@@ -28,7 +28,8 @@ def test_fourier_command_writes_csv_plot_and_summary(toy_dir, tmp_path):
     out = tmp_path / "f"
     r = CliRunner().invoke(app, [
         "fourier", "--dataset", str(toy_dir), "--backbone", "tiny-bert", "--profile", "smoke",
-        "--set", "profile.train_size=None", "--samples", "32", "--every", "5", "--out", str(out),
+        "--set", "profile.train_size=None", "--set", "profile.epochs=1", "--samples", "32", "--every", "5",
+        "--out", str(out),
     ], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "fourier.csv")

@@ -1,0 +1,65 @@
+"""The cores this process may use, and torch's thread count chosen from them.
+
+torch defaults to one thread per core of the machine in every process: two ``bench`` processes on
+a 2-core machine then fight over the cores (17-25 s per step instead of ~1 s). We use the cores the
+process is allowed to run on (its CPU affinity, a cgroup CPU quota), and an explicit
+``OMP_NUM_THREADS`` or ``BENCH_THREADS`` always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def available_cores() -> int:
+    """Cores this process may use: CPU affinity, capped by a cgroup v2 quota when one is set."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def idle_cores() -> tuple[int, float]:
+    """(cores this process may use that other processes are not already busy on, the load average):
+    the cores of :func:`available_cores` minus the machine's 1-minute load, at least 1."""
+    n = available_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return n, 0.0
+    return max(1, min(n, n - int(load + 0.5))), load
+
+
+def thread_count() -> tuple[int, str]:
+    """(threads, why): ``BENCH_THREADS``, else ``OMP_NUM_THREADS``, else the cores not already busy
+    (two processes that each take every core run many times slower than one that shares)."""
+    for var in ("BENCH_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value)
+            except ValueError:
+                continue
+            if n >= 1:
+                return n, f"${var}"
+    n, load = idle_cores()
+    return n, f"idle cores ({n} of {available_cores()} available; load {load:.1f})"
+
+
+def configure_threads() -> dict:
+    """Set torch's intra-op thread count; returns what was chosen (recorded in provenance)."""
+    import torch
+
+    n, why = thread_count()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return {"threads": n, "threads_from": why, "available_cores": available_cores()}

@@ -1,0 +1,65 @@
+"""Two `bench run` processes on one results folder, and a run killed with SIGKILL: no cell computed
+twice, no cell lost, the leaderboard complete, the dead run named in the run log (smoke path)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from bench.results import read_runs
+
+pytestmark = pytest.mark.slow
+
+DEFENSES = ["none", "lora", "ga-lora", "mslr"]  # four cells, each trains its own victim
+
+
+def bench_run(toy_dir, out, *extra):
+    cmd = [sys.executable, "-m", "bench.cli", "run", "-a", "badnets", *sum((["-d", d] for d in DEFENSES), []),
+           "--dataset", str(toy_dir), "-b", "tiny-bert", "--profile", "smoke", "--out", str(out), "--no-progress",
+           *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def records(out):
+    return [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+
+
+def test_two_concurrent_runs_split_the_grid(toy_dir, tmp_path):
+    out = tmp_path / "out"
+    procs = [bench_run(toy_dir, out), bench_run(toy_dir, out)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    recs = records(out)
+    assert len(recs) == len(DEFENSES)
+    ended = [r for r in read_runs(out) if r["status"] == "finished"]
+    assert sum(r["cells_run"] for r in ended) == len(DEFENSES), ended  # each cell computed exactly once
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board["defense"]) == sorted(DEFENSES)
+    assert not list((out / "claims").glob("*.json"))  # every claim released
+
+
+def test_a_killed_run_loses_no_finished_cell_and_is_named_in_the_log(toy_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = bench_run(toy_dir, out)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((out / "records").glob("*.json")):
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    finished = {p.name for p in (out / "records").glob("*.json")}
+    assert 1 <= len(finished) < len(DEFENSES)
+    runs = read_runs(out)
+    assert runs[-1]["status"].startswith("died")
+    again = bench_run(toy_dir, out)  # takes over the dead run's claim and finishes the grid
+    text = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, text
+    assert f"{len(finished)} already recorded" in text
+    assert len(records(out)) == len(DEFENSES)
+    assert not list((out / "records").glob("*.tmp"))
+    assert len(pd.read_csv(out / "leaderboard.csv")) == len(DEFENSES)

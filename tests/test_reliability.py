@@ -1,0 +1,223 @@
+"""Issue 9's defects, each pinned: --force, content keys for folders and weights, claims, the run log,
+threads, progress lines, compare across seeds."""
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.runner import cell_config, plan, run_grid
+from bench.profiles import get_profile
+from bench.results import config_key, read_runs
+
+runner = CliRunner()
+SMOKE = ["--profile", "smoke", "-b", "tiny-bert", "--no-progress"]
+
+
+def run_cli(*args):
+    return runner.invoke(app, ["run", *args], catch_exceptions=False)
+
+
+def test_force_recomputes_a_recorded_cell(toy_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["-a", "badnets", "-d", "none", "--dataset", str(toy_dir), *SMOKE, "--out", str(out)]
+    assert run_cli(*args).exit_code == 0
+    rec_file = next((out / "records").glob("*.json"))
+    started = json.loads(rec_file.read_text())["provenance"]["started"]
+    again = run_cli(*args)
+    assert "0 cells run, 1 already recorded" in again.output
+    forced = run_cli(*args, "--force")
+    assert "1 cells run, 0 already recorded" in forced.output, forced.output
+    assert len(list((out / "records").glob("*.json"))) == 1
+    assert json.loads(rec_file.read_text())["provenance"]["run_id"] != "", started
+
+
+def test_a_dataset_folder_has_one_key_however_its_path_is_typed(toy_dir, tmp_path, monkeypatch):
+    prof = get_profile("smoke")
+    monkeypatch.chdir(toy_dir.parent)
+    spellings = [str(toy_dir), toy_dir.name, f"./{toy_dir.name}", f"{toy_dir}/", f"{toy_dir}/../{toy_dir.name}"]
+    from bench.data import load_csv_folder
+
+    data = load_csv_folder(toy_dir)
+    keys, names = set(), set()
+    for spelling in spellings:
+        cell = plan([spelling], ["tiny-bert"], ["badnets"], ["none"], [1], prof)[0]
+        keys.add(config_key(cell_config(cell, data)))
+        names.add(cell.dataset_name)
+    assert len(keys) == 1 and names == {toy_dir.name}
+    # a copy of the folder elsewhere (same content, same name) is the same dataset too
+    copy = tmp_path / "elsewhere" / toy_dir.name
+    shutil.copytree(toy_dir, copy)
+    cell = plan([str(copy)], ["tiny-bert"], ["badnets"], ["none"], [1], prof)[0]
+    assert config_key(cell_config(cell, load_csv_folder(copy))) in keys
+
+
+def test_a_local_backbone_is_keyed_by_the_content_of_its_weights(tmp_path, monkeypatch):
+    from bench.backbones import HubBackbone, TinyBert
+
+    folder = tmp_path / "my-model"
+    loaded = TinyBert().load(2, seed=0)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    first = HubBackbone(str(folder)).identity()
+    monkeypatch.chdir(tmp_path)
+    assert HubBackbone("./my-model").identity() == first == HubBackbone(f"{folder}/").identity()
+    retrained = TinyBert().load(2, seed=1)  # other weights saved into the same folder
+    retrained.model.save_pretrained(folder)
+    assert HubBackbone(str(folder)).identity() != first
+    assert first["name"] == "my-model"
+
+
+def test_the_released_minilm_keeps_its_key_and_other_weights_do_not(tmp_path, monkeypatch):
+    from bench import backbones
+
+    ident = backbones.MiniLM().identity()
+    assert ident == {"name": "minilm", "weights_bytes": 90868376}  # the records made before content hashes
+    fake = tmp_path / "model"
+    shutil.copytree(backbones.MiniLM().path(), fake, ignore=shutil.ignore_patterns("model.safetensors"))
+    (fake / "model.safetensors").write_bytes(b"x" * 90868376)  # same size, other bytes
+    monkeypatch.setattr(backbones.MiniLM, "path", lambda self: fake)
+    assert backbones.MiniLM().identity() != ident
+
+
+def test_a_missing_backbone_folder_fails_at_once_and_says_so(toy_dir, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    r = runner.invoke(app, ["run", "-a", "badnets", "-d", "none", "--dataset", str(toy_dir), "--profile", "smoke",
+                            "-b", "tiny-bert", "-b", "./no/such/model", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    assert time.perf_counter() - t0 < 20
+    assert not (tmp_path / "o").exists()  # a run that fails before any cell leaves no leaderboard behind
+
+
+def test_claims_split_the_work_and_stale_claims_are_taken_over(tmp_path):
+    from bench import claims
+
+    c = claims.try_claim(tmp_path, "k1", "cell")
+    assert c is not None and claims.try_claim(tmp_path, "k1") is None  # held by a live process: left to it
+    c.release()
+    assert not (tmp_path / "claims" / "k1.json").exists()
+    # a claim of a dead process on this host is stale
+    dead = {"pid": 2 ** 22 + 12345, "host": os.uname().nodename, "cell": "x", "since": "then"}
+    (tmp_path / "claims" / "k2.json").write_text(json.dumps(dead))
+    taken = claims.try_claim(tmp_path, "k2")
+    assert taken is not None and json.loads((tmp_path / "claims" / "k2.json").read_text())["pid"] == os.getpid()
+    # a claim from another machine is respected until its heartbeat is old
+    other = {"pid": 1, "host": "another-machine", "cell": "x", "since": "then"}
+    path = tmp_path / "claims" / "k3.json"
+    path.write_text(json.dumps(other))
+    assert claims.try_claim(tmp_path, "k3") is None
+    old = os.path.getmtime(path) - claims.STALE_AFTER - 60
+    os.utime(path, (old, old))
+    assert claims.try_claim(tmp_path, "k3") is not None
+
+
+def test_a_cell_claimed_by_another_live_run_is_left_to_it(toy_dir, tmp_path):
+    from bench import claims
+
+    prof = get_profile("smoke")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "strip"], [1], prof)
+    from bench.data import load_csv_folder
+
+    data = load_csv_folder(toy_dir)
+    held = config_key(cell_config(cells[1], data))
+    out = tmp_path / "out"
+    (out / "claims").mkdir(parents=True)
+    (out / "claims" / f"{held}.json").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    summary = run_grid(cells, out, progress=False)
+    assert summary["ran"] == 1 and summary["claimed_elsewhere"] == 1
+    assert not (out / "records" / f"{held}.json").exists()
+    runs = read_runs(out)
+    assert runs[-1]["status"] == "finished" and runs[-1]["cells_claimed_elsewhere"] == 1
+
+
+def test_the_run_log_says_when_a_run_died(tmp_path):
+    from bench.results import append_run, run_notes
+
+    append_run(tmp_path, {"event": "started", "run_id": "r1", "command": "bench run x", "pid": 2 ** 22 + 54321,
+                          "host": os.uname().nodename, "started": "2026-01-01T00:00:00+00:00"})
+    append_run(tmp_path, {"event": "started", "run_id": "r2", "command": "bench run y", "pid": os.getpid(),
+                          "host": os.uname().nodename})
+    append_run(tmp_path, {"event": "interrupted", "run_id": "r2", "cells_run": 3, "error": "interrupted"})
+    (tmp_path / "runs.jsonl").open("a").write('{"event": "fin')  # a line cut by a kill
+    status = {r["run_id"]: r["status"] for r in read_runs(tmp_path)}
+    assert status == {"r1": "died (killed, or its machine stopped)", "r2": "interrupted"}
+    assert any("died" in n for n in run_notes(tmp_path))
+
+
+def test_a_failing_cell_leaves_a_failed_line_and_no_reporter(toy_dir, tmp_path, monkeypatch):
+    from bench import progress, runner as runner_mod
+
+    prof = get_profile("smoke")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none"], [1], prof)
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner_mod.Evaluator, "run_cell", boom)
+    before = progress.current()
+    with pytest.raises(RuntimeError):
+        run_grid(cells, tmp_path / "out", progress="lines")
+    assert progress.current() is before
+    runs = read_runs(tmp_path / "out")
+    assert runs[-1]["status"] == "failed" and "boom" in runs[-1]["error"]
+    assert not (tmp_path / "out" / "leaderboard.csv").exists()
+
+
+def test_thread_count_respects_the_environment_and_affinity(monkeypatch):
+    from bench import hardware
+
+    monkeypatch.delenv("BENCH_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert hardware.thread_count() == (1, "$OMP_NUM_THREADS")
+    monkeypatch.setenv("BENCH_THREADS", "3")
+    assert hardware.thread_count() == (3, "$BENCH_THREADS")
+    monkeypatch.delenv("BENCH_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert hardware.thread_count()[0] == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(hardware.Path, "read_text", lambda self: "max 100000")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert hardware.thread_count()[0] == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 0.0, 0.0))  # another process is busy on two cores
+    assert hardware.thread_count()[0] == 2
+
+
+def test_lines_mode_prints_a_line_per_cell_and_epoch_with_what_remains(toy_dir, tmp_path):
+    r = run_cli("-a", "badnets", "-d", "none", "-d", "strip", "--dataset", str(toy_dir), *SMOKE,
+                "--set", "profile.epochs=2", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "[1/2]" in out and "[2/2]" in out and "epoch 1/2" in out and "epoch 2/2" in out
+    assert "left" in out and "CACC" in out and "victim from the cache" in out
+
+
+def test_compare_across_seeds_and_signs_only_on_deltas(tmp_path):
+    cols = ["dataset", "backbone", "attack", "defense", "seed", "poison_rate", "label_regime", "target_label",
+            "profile", "settings", "cacc", "asr"]
+    a = pd.DataFrame([["d", "b", "x", "none", s, 0.1, "dirty", 1, "cpu", "", 0.80, 0.9] for s in (1, 2)], columns=cols)
+    b = pd.DataFrame([["d", "b", "x", "none", s, 0.1, "dirty", 1, "cpu", "", 0.82, 0.5] for s in (3, 4, 5)],
+                     columns=cols)
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    plain = runner.invoke(app, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--fail-on-regression",
+                                "1"])
+    assert plain.exit_code == 1 and "share no cell" in plain.output and "--across-seeds" in plain.output
+    seeds = runner.invoke(app, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--across-seeds",
+                                "--fail-on-regression", "1"])
+    assert seeds.exit_code == 0, seeds.output
+    assert "80.00" in seeds.output and "+80.00" not in seeds.output and "-40.00" in seeds.output
+    assert "+2.00" in seeds.output
+
+
+def test_list_shows_the_settings_the_profile_gives(tmp_path):
+    r = runner.invoke(app, ["list"])
+    assert "reference_size=384" in r.output  # the cpu profile's MuScleLoRA reference rows, not the class default
+    paper = runner.invoke(app, ["list", "--profile", "paper"])
+    assert "reference_size=384" not in paper.output
