@@ -142,3 +142,11 @@ def warn(msg: str) -> None:
         warnings.warn(msg, stacklevel=2)
     else:
         _reporter.line(f"warning: {msg}", 0)
+
+
+def iterate(items, desc: str, unit: str = "it"):
+    """``for x in iterate(xs, "what"):`` a stage over a sized iterable."""
+    with stage(desc, len(items), unit) as bar:
+        for x in items:
+            yield x
+            bar.update()

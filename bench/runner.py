@@ -459,12 +459,16 @@ class Evaluator:
         p = prep.poisoned
         clean_texts, poison_texts = list(p.test_clean["text"]), list(p.test_poison["text"])
         t0 = time.perf_counter()
-        defense.calibrate(victim, ctx)
+        if type(defense).calibrate is not Defense.calibrate:
+            with progress.stage(f"calibrating ({defense.name})"):
+                defense.calibrate(victim, ctx)
         t_cal = time.perf_counter() - t0
         texts = clean_texts + poison_texts
         perm = np.random.default_rng(np.random.SeedSequence([cell.seed, 0xE7A1])).permutation(len(texts))
         t0 = time.perf_counter()
-        shuffled = np.asarray(defense.predict([texts[i] for i in perm], victim, ctx))
+        with progress.stage(f"predicting ({defense.name})", len(texts), "input") as bar:
+            shuffled = np.asarray(defense.predict([texts[i] for i in perm], victim, ctx))
+            bar.advance_to(len(texts))
         t_pred = time.perf_counter() - t0
         if shuffled.shape != (len(texts),) or not np.issubdtype(shuffled.dtype, np.integer):
             raise ContractError(f"{defense.name}.predict must return {len(texts)} integer labels, got shape "

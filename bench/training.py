@@ -78,13 +78,15 @@ def predict_logits(model: Any, enc: Encoded, batch_size: int, device: torch.devi
     model.eval()
     order = np.argsort([len(f["input_ids"]) for f in enc.features], kind="stable")
     out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = enc.batch(idx, device)
-        batch.pop("labels", None)
-        with autocast(device, precision):
-            logits = model(**batch).logits
-        out[idx] = logits.float().cpu().numpy()
+    with progress.stage("classifying", len(enc), "sent") as bar:  # speaks only when it runs long (STRIP)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = enc.batch(idx, device)
+            batch.pop("labels", None)
+            with autocast(device, precision):
+                logits = model(**batch).logits
+            out[idx] = logits.float().cpu().numpy()
+            bar.update(len(idx))
     model.train(was_training)
     return out
 

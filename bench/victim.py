@@ -135,6 +135,9 @@ class VictimStore:
             info = json.loads((folder / "victim.json").read_text())["info"]
             model.to(device).eval()
             self.loads += 1
+            from . import progress
+
+            progress.note(f"victim {key} loaded from the cache ({info.get('trained_by', '')})")
             victim, trained = Victim(model, tokenizer, settings, device, key, info), False
         else:
             info = train(model, tokenizer)

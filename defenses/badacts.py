@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from bench import progress
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext
 from bench.registry import register
@@ -286,7 +287,8 @@ class BadActs(Defense):
             opt = torch.optim.Adam(up + margin, lr=c.interval_lr)
             weight = penalty
             acc = 1.0
-            for epoch in range(c.interval_epochs):
+            for epoch in progress.iterate(range(c.interval_epochs), f"BadActs: intervals (attempt {attempt + 1})",
+                                          "epoch"):
                 hooks.mode = "clamp"
                 try:
                     for b in torch.randperm(len(correct), generator=gen).split(batch_size):

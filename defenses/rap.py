@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import progress
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext
 from bench.registry import register
@@ -159,7 +160,7 @@ class RAP(Defense):
         losses = []
         try:
             weight.grad = None
-            for _ in range(c.rap_epochs):
+            for _ in progress.iterate(range(c.rap_epochs), "RAP: trigger embedding", "epoch"):
                 total = 0.0
                 for start in range(0, len(texts), batch_size):
                     b = list(range(start, min(start + batch_size, len(texts))))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench import progress
 from bench.config import ConfigError
 from bench.defense import CleanBudgetError, Defense, DefenseContext
 from bench.registry import register
