@@ -200,6 +200,9 @@ class SmolLM2(Backbone):
             return out
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from . import progress
+
+        progress.note(f"converting {src.name} to safetensors under {out.parent} (once per machine, ~1 min)")
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         # the GGUF-loaded model is marked quantized and refuses to save: rebuild a plain one

@@ -28,15 +28,30 @@ def available_cores() -> int:
     return max(1, n)
 
 
+def busy_elsewhere(samples: int = 5, interval: float = 0.02) -> float:
+    """Processes running right now besides this one: the fewest runnable tasks seen over a few samples
+    of ``/proc/loadavg`` (an instantaneous count, unlike the lagging load average), minus ourselves."""
+    import time
+
+    counts = []
+    for _ in range(samples):
+        try:
+            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            try:
+                return float(os.getloadavg()[0])
+            except (AttributeError, OSError):
+                return 0.0
+        time.sleep(interval)
+    return float(max(0, min(counts) - 1))
+
+
 def idle_cores() -> tuple[int, float]:
-    """(cores this process may use that other processes are not already busy on, the load average):
-    the cores of :func:`available_cores` minus the machine's 1-minute load, at least 1."""
+    """(cores this process may use that other processes are not busy on right now, that busy count):
+    the cores of :func:`available_cores` minus the tasks running elsewhere, at least 1."""
     n = available_cores()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return n, 0.0
-    return max(1, min(n, n - int(load + 0.5))), load
+    busy = busy_elsewhere()
+    return max(1, min(n, n - int(busy + 0.5))), busy
 
 
 def thread_count() -> tuple[int, str]:
@@ -52,7 +67,7 @@ def thread_count() -> tuple[int, str]:
             if n >= 1:
                 return n, f"${var}"
     n, load = idle_cores()
-    return n, f"idle cores ({n} of {available_cores()} available; load {load:.1f})"
+    return n, f"idle cores ({n} of {available_cores()} available; {load:.0f} busy elsewhere)"
 
 
 def configure_threads() -> dict:

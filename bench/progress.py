@@ -65,12 +65,13 @@ class Stage:
             text += f", ~{fmt_seconds(elapsed / self.done * (self.total - self.done))} left"
         return text
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
         if self.bar is not None:
             self.bar.close()
         elif self.r.mode == "lines" and self.spoke:
-            self.r.line(f"{self.desc}: done, {self.done} {self.unit} in "
-                        f"{fmt_seconds(time.perf_counter() - self.t0)}", self.depth)
+            what = "stopped" if stopped else "done"
+            count = f"{self.done}/{self.total} {self.unit} " if self.total else ""
+            self.r.line(f"{self.desc}: {what}, {count}in {fmt_seconds(time.perf_counter() - self.t0)}", self.depth)
 
 
 class Reporter:
@@ -106,8 +107,12 @@ class Reporter:
         s = Stage(self, desc, total, unit, self.depth)
         try:
             yield s
-        finally:
+        except BaseException:
+            s.close(stopped=True)
+            raise
+        else:
             s.close()
+        finally:
             self.depth -= 1
 
 

@@ -600,29 +600,55 @@ class GridClock:
     measured) times the steps still to train, plus each remaining cell's evaluation time (per defense
     where measured). Cells whose victim another cell trains count no steps."""
 
-    def __init__(self, cells: list[Cell], steps: dict[int, int]):
+    PLAIN = "(plain fine-tuning)"  # the trainer of every post-training defense's victim
+
+    def __init__(self, cells: list[Cell], steps: dict[int, int], known: list[dict] | None = None):
         self.cells, self.steps = cells, steps  # steps: id(cell) -> expected training steps (0: shares a victim)
-        self.step_rate: dict[str, list[float]] = {}  # defense -> [seconds, steps]
-        self.eval_cost: dict[str, list[float]] = {}  # defense -> [seconds, cells]
+        self.step_rate: dict[str, list[float]] = {}  # trainer -> [seconds, steps]
+        self.eval_cost: dict[str, list[float]] = {}  # defense -> [seconds besides training, cells]
+        for rec in known or []:  # records already made (this folder, --reuse) give priors for the rates
+            self.observe_record(rec)
         self.done: set[int] = set()
         self.current: tuple[int, int] | None = None  # (id of the running cell, steps it has done)
+        self.live: dict[str, list[float]] = {}  # trainer -> [seconds, steps] of the training running now
 
-    def observe_training(self, cell: Cell, seconds: float, steps: int) -> None:
-        acc = self.step_rate.setdefault(cell.defense.name, [0.0, 0])
-        acc[0] += seconds
-        acc[1] += steps
+    @classmethod
+    def trainer(cls, cell: Cell) -> str:
+        return cell.defense.name if cell.defense.cls.acts_in_training() else cls.PLAIN
 
-    def observe_cell(self, cell: Cell, seconds: float, train_seconds: float) -> None:
-        acc = self.eval_cost.setdefault(cell.defense.name, [0.0, 0])
-        acc[0] += max(0.0, seconds - train_seconds)
-        acc[1] += 1
+    def observe_record(self, rec: dict) -> None:
+        """A record's victim training (its seconds per step), whether trained in this run or cached."""
+        row = rec.get("row", {})
+        steps, sps = (rec.get("training") or {}).get("steps"), row.get("sec_per_step")
+        if steps and sps:
+            name = row.get("defense", "")
+            trains = registry.has("defense", name) and registry.get("defense", name).acts_in_training()
+            acc = self.step_rate.setdefault(name if trains else self.PLAIN, [0.0, 0])
+            acc[0] += float(sps) * int(steps)
+            acc[1] += int(steps)
+        wall = (rec.get("provenance") or {}).get("wall_seconds")
+        if wall is not None and "defense" in row:
+            trained = float(row.get("train_seconds") or 0.0) if row.get("victim_trained_here") else 0.0
+            acc = self.eval_cost.setdefault(row["defense"], [0.0, 0])
+            acc[0] += max(0.0, float(wall) - trained)
+            acc[1] += 1
+
+    def observe_cell(self, cell: Cell) -> None:
+        """``cell`` needs no more time (finished, recorded meanwhile, or left to another run)."""
         self.done.add(id(cell))
         self.current = None
 
     def _rate(self, table: dict[str, list[float]], name: str) -> float | None:
-        if name in table and table[name][1]:
-            return table[name][0] / table[name][1]
-        total = [sum(v[0] for v in table.values()), sum(v[1] for v in table.values())]
+        """``name``'s measured rate, else the mean over what was measured (a prior), else None."""
+        merged = {k: list(v) for k, v in table.items()}
+        if table is self.step_rate:
+            for k, v in self.live.items():  # the training under way counts with what is done so far
+                acc = merged.setdefault(k, [0.0, 0])
+                acc[0] += v[0]
+                acc[1] += v[1]
+        if name in merged and merged[name][1]:
+            return merged[name][0] / merged[name][1]
+        total = [sum(v[0] for v in merged.values()), sum(v[1] for v in merged.values())]
         return total[0] / total[1] if total[1] else None
 
     def remaining(self) -> float | None:
@@ -635,7 +661,7 @@ class GridClock:
             if self.current and self.current[0] == id(cell):
                 steps = max(0, steps - self.current[1])
             if steps:
-                rate = self._rate(self.step_rate, cell.defense.name)
+                rate = self._rate(self.step_rate, self.trainer(cell))
                 if rate is None:
                     return None
                 left += steps * rate
@@ -684,7 +710,8 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
     ev = Evaluator(DataCache(data_dir), store, git)
     t0 = time.perf_counter()
     # keys recomputed from each record's stored configuration (robust to how keys were once hashed)
-    done = {config_key(r["config"]): r["key"] for r in load_records(out_dir)}
+    existing = load_records(out_dir)
+    done = {config_key(r["config"]): r["key"] for r in existing}
     elsewhere = {config_key(r["config"]): (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
     todo, skipped, copied, keys = [], 0, 0, {}
     for cell in cells:  # resolve data and keys first: bad data fails before any training
@@ -710,7 +737,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
         if not cell.defense.cls.acts_in_training():
             seen_groups.add(group)
         expected[id(cell)] = _expected_steps(cell, ev.data.get(cell.dataset)) if trains else 0
-    clock = GridClock(todo, expected)
+    clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()])
     run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     status = {"ran": 0, "claimed_elsewhere": 0}
     if todo:
@@ -738,13 +765,13 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
             key = keys[id(cell)]
             if not force and record_path(out_dir, key).is_file():  # a concurrent run finished it meanwhile
                 skipped += 1
-                clock.observe_cell(cell, 0.0, 0.0)
+                clock.observe_cell(cell)
                 continue
             claim = try_claim(out_dir, key, cell.label)
             if claim is None:
                 status["claimed_elsewhere"] += 1
                 reporter.line(f"[{i}/{len(todo)}] {cell.label}: another run is computing it (claims/{key}.json)")
-                clock.observe_cell(cell, 0.0, 0.0)
+                clock.observe_cell(cell)
                 continue
             try:
                 if bar is not None:
@@ -761,7 +788,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
                     claim.heartbeat()
                     if step == total or step % 20 == 0:
                         if step > 1:
-                            clock.step_rate[cell.defense.name] = [time.perf_counter() - steps_t0[0], step - 1]
+                            clock.live[clock.trainer(cell)] = [time.perf_counter() - steps_t0[0], step - 1]
                         if bar is not None:
                             bar.set_postfix_str(f"{eta_text()} | {cell.label}")
 
@@ -776,10 +803,9 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
                 claim.release()
             write_leaderboard(out_dir)
             status["ran"] += 1
-            train_s = rec["row"]["train_seconds"] if rec["row"]["victim_trained_here"] else 0.0
-            if rec["row"]["victim_trained_here"] and rec["training"].get("steps"):
-                clock.observe_training(cell, float(train_s or 0.0), int(rec["training"]["steps"]))
-            clock.observe_cell(cell, time.perf_counter() - c0, float(train_s or 0.0))
+            clock.live.pop(clock.trainer(cell), None)
+            clock.observe_record(rec)
+            clock.observe_cell(cell)
             r = rec["row"]
             if bar is not None:
                 bar.update(1)

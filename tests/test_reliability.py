@@ -183,9 +183,9 @@ def test_thread_count_respects_the_environment_and_affinity(monkeypatch):
     assert hardware.thread_count()[0] == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(hardware.Path, "read_text", lambda self: "max 100000")
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    monkeypatch.setattr(hardware, "busy_elsewhere", lambda: 0.0)
     assert hardware.thread_count()[0] == 4
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 0.0, 0.0))  # another process is busy on two cores
+    monkeypatch.setattr(hardware, "busy_elsewhere", lambda: 2.0)  # another process is busy on two cores
     assert hardware.thread_count()[0] == 2
 
 
@@ -221,3 +221,29 @@ def test_list_shows_the_settings_the_profile_gives(tmp_path):
     assert "reference_size=384" in r.output  # the cpu profile's MuScleLoRA reference rows, not the class default
     paper = runner.invoke(app, ["list", "--profile", "paper"])
     assert "reference_size=384" not in paper.output
+
+
+def test_the_grid_estimate_comes_from_measured_step_costs(toy_dir):
+    from bench.data import load_csv_folder
+    from bench.runner import GridClock, _expected_steps
+
+    prof = get_profile("smoke")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none", "strip", "lora"], [1], prof)
+    data = load_csv_folder(toy_dir)
+    steps = {id(c): _expected_steps(c, data) for c in cells}
+    assert GridClock(cells, steps).remaining() is None  # nothing measured: no made-up estimate
+    known = {"row": {"defense": "none", "sec_per_step": 0.5, "train_seconds": 30.0, "victim_trained_here": True},
+             "training": {"steps": 60}, "provenance": {"wall_seconds": 40.0}}
+    clock = GridClock(cells, steps, known=[known])
+    # every cell trains here (60 steps at 0.5 s: lora has no rate of its own yet, so the measured mean)
+    # plus 10 s of evaluation each (the one measured evaluation stands in for the others)
+    assert clock.remaining() == pytest.approx(6 * 60 * 0.5 + 6 * 10.0)
+    lora = {"row": {"defense": "lora", "sec_per_step": 0.1, "train_seconds": 6.0, "victim_trained_here": True},
+            "training": {"steps": 60}, "provenance": {"wall_seconds": 6.0}}
+    clock.observe_record(lora)
+    for c in cells[:4]:
+        clock.observe_cell(c)
+    left = [c for c in cells[4:]]
+    evaluation = {"none": 10.0, "lora": 0.0, "strip": 5.0}  # strip: the mean of what was measured
+    assert clock.remaining() == pytest.approx(
+        sum(steps[id(c)] * (0.1 if c.defense.name == "lora" else 0.5) + evaluation[c.defense.name] for c in left))
