@@ -160,7 +160,10 @@ class StepState:
     epoch: int  # 0-based
     num_epochs: int
     step: int  # global step, 0-based
-    reference_batch: Callable[[], dict[str, torch.Tensor]] | None  # a fresh random clean batch
+    # a fresh random clean batch, as (padded chunk, weight) pairs: the rows sorted by length and cut into
+    # chunks (less padding); the weights (share of rows) sum to 1, so sum(w * chunk mean loss) is the
+    # batch's mean loss
+    reference_batch: Callable[[], list[tuple[dict[str, torch.Tensor], float]]] | None
     memory: dict  # kept across the steps of one training run; JSON-able stats go in memory["stats"]
 
 

@@ -116,6 +116,19 @@ class TrainResult:
     defense_stats: dict = field(default_factory=dict)
 
 
+REFERENCE_CHUNK = 8  # rows per chunk of a reference batch
+
+
+def length_chunks(enc: Encoded, indices: list[int], chunk: int, device: torch.device
+                  ) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """The rows ``indices`` sorted by length and cut into chunks of ``chunk`` rows, each padded on its
+    own, with its share of the rows as weight. A random batch of 32 SST-2 sentences padded as one is
+    48 % padding; in chunks of 8 sorted rows it is a few percent, for the same mean loss."""
+    order = sorted(indices, key=lambda i: len(enc.features[i]["input_ids"]))
+    return [(enc.batch(order[i:i + chunk], device), len(order[i:i + chunk]) / len(order))
+            for i in range(0, len(order), chunk)]
+
+
 def epoch_batches(enc: Encoded, batch_size: int, group_by_length: bool, gen: torch.Generator) -> list[list[int]]:
     """One epoch's batches in a random order drawn from ``gen``.
 
@@ -187,11 +200,11 @@ def train(
         gen = torch.Generator().manual_seed(seed)
         ref_gen = torch.Generator().manual_seed(seed + 1)
 
-        def reference_batch() -> dict[str, torch.Tensor]:
+        def reference_batch() -> list[tuple[dict[str, torch.Tensor], float]]:
             assert ref_enc is not None
             n = min(settings.batch_size, len(ref_enc))
             idx = torch.randperm(len(ref_enc), generator=ref_gen)[:n].tolist()
-            return ref_enc.batch(idx, device)
+            return length_chunks(ref_enc, idx, REFERENCE_CHUNK, device)
 
         model.to(device)
         for epoch in range(epochs):

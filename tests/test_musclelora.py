@@ -84,7 +84,7 @@ def test_projection_is_parallel_to_r_with_the_projected_magnitude():
 
 
 def _step(model, batch, ref_batch, epoch=0, memory=None):
-    return StepState(model, batch, epoch, 3, 0, lambda: ref_batch, {} if memory is None else memory)
+    return StepState(model, batch, epoch, 3, 0, lambda: [(ref_batch, 1.0)], {} if memory is None else memory)
 
 
 def test_aligned_backward_replaces_each_gradient_by_its_projection():

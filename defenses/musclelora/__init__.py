@@ -84,7 +84,9 @@ class MuscleLoRA(Defense):
     Config = MuscleLoRAConfig
     parameter_efficient = True
     profile_defaults = {"cpu": CPU_ALIGNMENT}
-    version = 2  # 2: narrow encoders (MiniLM) default to scales [1,2,3,4] (1: the BERT-base list)
+    # 2: narrow encoders (MiniLM) default to scales [1,2,3,4] (1: the BERT-base list); 3: the reference
+    # batch's loss from length-sorted chunks (same mean loss, a third of the padding; dropout masks differ)
+    version = 3
 
     def reference_size(self, loaded: LoadedModel) -> int:
         if not self.config.use_alignment:
@@ -135,7 +137,7 @@ class GradientAlignment(MuscleLoRA):
 
     Config = GAConfig
     parameter_efficient = False  # full fine-tuning: the profile's learning_rate
-    version = 1  # no multi-scale layer: unchanged by the version-2 scale default
+    version = 3  # 3: chunked reference batches (as musclelora); it has no multi-scale layer (version 2 skipped)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class MultiScaleLoRA(MuscleLoRA):
 
     Config = MSLRConfig
     profile_defaults: dict = {}
+    version = 2  # no alignment: unchanged by version 3's reference chunks
 
 
 @dataclass(frozen=True)
@@ -161,4 +164,4 @@ class GALoRA(MuscleLoRA):
     """MuScleLoRA ablation: LoRA with gradient alignment to clean reference rows, no multi-scale layer."""
 
     Config = GALoRAConfig
-    version = 1  # no multi-scale layer: unchanged by the version-2 scale default
+    version = 3  # 3: chunked reference batches (as musclelora); it has no multi-scale layer (version 2 skipped)

@@ -59,7 +59,8 @@ def aligned_backward(state: StepState, s: AlignmentSettings) -> float:
     loss.backward()
 
     if "ref_grads" not in mem or state.step % s.refresh_every == 0:
-        ref_loss = model(**state.reference_batch()).loss
+        # the batch's mean loss from length-sorted chunks (each padded on its own): one backward pass
+        ref_loss = sum(w * model(**chunk).loss for chunk, w in state.reference_batch())
         grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
         norms = [g.norm() for g in grads if g is not None and g.norm() > 0]
         mem["ref_grads"] = [None if g is None else g.detach() for g in grads]
