@@ -192,11 +192,12 @@ def test_a_plugin_version_bump_changes_its_keys_only(toy_dir):
     from bench.runner import DataCache, cell_config, plan
 
     data = DataCache().get(str(toy_dir))
-    cells = {c.defense.name: c for c in plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "musclelora", "ga"],
-                                             [1], get_profile("smoke"))}
+    cells = {c.defense.name: c for c in plan([str(toy_dir)], ["tiny-bert"], ["badnets"],
+                                             ["none", "lora", "musclelora", "mslr"], [1], get_profile("smoke"))}
     assert "version" not in cell_config(cells["none"], data)["defense"]  # version 1 leaves old keys as they were
-    assert "version" not in cell_config(cells["ga"], data)["defense"]
-    assert cell_config(cells["musclelora"], data)["defense"]["version"] == cells["musclelora"].defense.version >= 2
+    assert "version" not in cell_config(cells["lora"], data)["defense"]
+    assert cell_config(cells["musclelora"], data)["defense"]["version"] == cells["musclelora"].defense.version >= 3
+    assert cell_config(cells["mslr"], data)["defense"]["version"] == 2  # no alignment: untouched by version 3
 
 
 def test_a_broken_plugin_file_is_a_clear_error_and_a_plugin_bug_keeps_its_traceback(toy_dir, tmp_path):
