@@ -21,7 +21,8 @@ STALE_AFTER = 20 * 60  # seconds without a heartbeat
 HEARTBEAT_EVERY = 30.0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +70,7 @@ def is_stale(path: Path) -> bool:
     if owner is None:  # unreadable or half-written: stale only once old
         return age > STALE_AFTER
     if owner.get("host") == platform.node():
-        return not _alive(int(owner.get("pid", 0) or 0)) or age > STALE_AFTER
+        return not pid_alive(int(owner.get("pid", 0) or 0)) or age > STALE_AFTER
     return age > STALE_AFTER
 
 

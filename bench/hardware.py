@@ -70,11 +70,18 @@ def thread_count() -> tuple[int, str]:
     return n, f"idle cores ({n} of {available_cores()} available; {load:.0f} busy elsewhere)"
 
 
-def configure_threads() -> dict:
-    """Set torch's intra-op thread count; returns what was chosen (recorded in provenance)."""
-    import torch
+_CHOSEN: dict | None = None
 
-    n, why = thread_count()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return {"threads": n, "threads_from": why, "available_cores": available_cores()}
+
+def configure_threads() -> dict:
+    """Set torch's intra-op thread count once per process (the CLI's start and every run_grid call
+    this); returns what was chosen (recorded in the run log)."""
+    global _CHOSEN
+    if _CHOSEN is None:
+        import torch
+
+        n, why = thread_count()
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        _CHOSEN = {"threads": n, "threads_from": why, "available_cores": available_cores()}
+    return _CHOSEN

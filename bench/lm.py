@@ -8,7 +8,6 @@ tiny random model (``tiny-llama``) gives a random scorer for tests.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 

@@ -224,20 +224,12 @@ def append_run(out_dir: Path, entry: dict) -> None:
         f.write(json.dumps(entry, default=str) + "\n")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def read_runs(out_dir: Path) -> list[dict]:
     """The runs of a folder, one dict per run: a run writes a "started" line and, unless it was killed,
     an end line (finished, interrupted, failed). Runs without an end line are marked died (their
     process is gone) or running. Lines from before run ids existed are finished runs."""
+    from .claims import pid_alive
+
     path = Path(out_dir) / "runs.jsonl"
     runs: dict[str, dict] = {}
     for i, line in enumerate(path.read_text().splitlines() if path.is_file() else []):
@@ -254,7 +246,7 @@ def read_runs(out_dir: Path) -> list[dict]:
         event = run.get("event", "finished")
         if event == "started":
             same_host = run.get("host") == platform.node()
-            alive = same_host and _pid_alive(int(run.get("pid", 0) or 0))
+            alive = same_host and pid_alive(int(run.get("pid", 0) or 0))
             run["status"] = "running" if alive else "died (killed, or its machine stopped)"
         else:
             run["status"] = event

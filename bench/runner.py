@@ -738,7 +738,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
             seen_groups.add(group)
         expected[id(cell)] = _expected_steps(cell, ev.data.get(cell.dataset)) if trains else 0
     clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()])
-    run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(2).hex()}"
     status = {"ran": 0, "claimed_elsewhere": 0}
     if todo:
         append_run(out_dir, {"event": "started", "run_id": run_id, "command": command, "pid": os.getpid(),

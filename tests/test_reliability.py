@@ -27,13 +27,14 @@ def test_force_recomputes_a_recorded_cell(toy_dir, tmp_path):
     args = ["-a", "badnets", "-d", "none", "--dataset", str(toy_dir), *SMOKE, "--out", str(out)]
     assert run_cli(*args).exit_code == 0
     rec_file = next((out / "records").glob("*.json"))
-    started = json.loads(rec_file.read_text())["provenance"]["started"]
+    first_run = json.loads(rec_file.read_text())["provenance"]["run_id"]
     again = run_cli(*args)
     assert "0 cells run, 1 already recorded" in again.output
+    assert json.loads(rec_file.read_text())["provenance"]["run_id"] == first_run
     forced = run_cli(*args, "--force")
     assert "1 cells run, 0 already recorded" in forced.output, forced.output
     assert len(list((out / "records").glob("*.json"))) == 1
-    assert json.loads(rec_file.read_text())["provenance"]["run_id"] != "", started
+    assert json.loads(rec_file.read_text())["provenance"]["run_id"] != first_run  # the record was recomputed
 
 
 def test_a_dataset_folder_has_one_key_however_its_path_is_typed(toy_dir, tmp_path, monkeypatch):
