@@ -1,6 +1,7 @@
 """bench: backdoor attacks and defenses for text classifiers; CACC/ASR leaderboards.
 
-Start with `bench list` (what is registered), then `bench run --all` (the main job) or one cell:
+Start with `bench list` (what is registered), then `bench run --main` (the main job), `bench run --all` (every attack x
+every defense) or one cell:
 `bench run -a badnets -d lora --dataset sst2 -b minilm`. Every command has --help."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from . import registry
 from .config import ConfigError, parse_assignments
 from .data import ENV_VAR
 from .errors import BenchError
-from .profiles import PROFILES, get_profile
+from .profiles import MAIN_JOB, PROFILES, get_profile
 from .results import ResultsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -58,7 +59,7 @@ def _load_plugins(files: Optional[List[Path]]) -> None:
 
 @app.command("list")
 def list_cmd(
-    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME",
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME",
                                 help=f"Show the settings a profile gives: {', '.join(PROFILES)}."),
     plugins: Optional[List[Path]] = PluginsOpt,
 ) -> None:
@@ -67,7 +68,7 @@ def list_cmd(
 
     try:
         _load_plugins(plugins)
-        prof = get_profile(profile)
+        prof = get_profile(profile or "cpu")
     except USER_ERRORS as e:
         _fail(e)
     for kind in registry.KINDS:
@@ -77,6 +78,7 @@ def list_cmd(
         typer.echo(tabulate(rows, tablefmt="plain"))
     typer.echo("\nprofiles:")
     typer.echo(tabulate([(p.name, p.description) for p in PROFILES.values()], tablefmt="plain"))
+    typer.echo(f"\nmain job (bench run --main): {MAIN_JOB.describe()}; writes {MAIN_JOB.out}/")
     typer.echo("\nA backbone may also be any Hugging Face hub id or local model folder; a dataset, a folder of "
                "train/dev/test CSV files (text,label).")
 
@@ -100,12 +102,14 @@ def _describe(entry: registry.Entry, profile: str = "cpu") -> str:
 def run(
     ctx: typer.Context,
     all_: bool = typer.Option(False, "--all", help="Every registered attack x every registered defense."),
+    main_job: bool = typer.Option(False, "--main", help=f"The main job: {MAIN_JOB.describe()} (under an hour on 2 CPU "
+                              f"cores); options given beside it replace its parts."),
     attack: Optional[List[str]] = typer.Option(None, "--attack", "-a", metavar="NAME", help="Attack name (repeatable)."),
     defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", metavar="NAME", help="Defense name (repeatable)."),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder (repeatable)."),
     backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone name, hub id or folder."),
     seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", metavar="N", help="Seed (repeatable; default 1)."),
-    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME", help=f"Run profile: {', '.join(PROFILES)}."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help=f"Run profile: {', '.join(PROFILES)} (default cpu)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Results folder (default results/<profile>)."),
     poison_rate: Optional[float] = typer.Option(None, "--poison-rate", metavar="RATE", help="Poison rate for every attack."),
     label_regime: Optional[str] = typer.Option(None, "--label-regime", metavar="REGIME", help="clean-label, dirty or mixed."),
@@ -128,14 +132,24 @@ def run(
     command = _command_line(ctx)
     try:
         _load_plugins(plugins)
+        if main_job and all_:
+            raise ConfigError("--main and --all select different grids; pass one of them")
         settings = parse_assignments(set_ or [])
-        prof = get_profile(profile, settings.pop("profile", {}))
-        if all_:
+        profile_settings = settings.pop("profile", {})
+        if main_job:
+            profile_settings = {**dict(MAIN_JOB.profile_settings), **profile_settings}
+            profile = profile or MAIN_JOB.profile
+            attack, dataset, backbone = (attack or list(MAIN_JOB.attacks), dataset or list(MAIN_JOB.datasets),
+                                         backbone or list(MAIN_JOB.backbones))
+            seed, out = seed or list(MAIN_JOB.seeds), out or Path(MAIN_JOB.out)
+        prof = get_profile(profile or "cpu", profile_settings)
+        if all_ or main_job:
             attacks = attack or registry.names("attack")
             defenses = defense or registry.names("defense")
         else:
             if not attack or not defense:
-                raise ConfigError("name at least one --attack and one --defense, or pass --all")
+                raise ConfigError("name at least one --attack and one --defense, or pass --main (the main job) or "
+                                  "--all (every attack x every defense)")
             attacks, defenses = attack, defense
         common = {k: v for k, v in (("poison_rate", poison_rate), ("label_regime", label_regime),
                                     ("target_label", target_label)) if v is not None}
@@ -235,7 +249,7 @@ def fourier(
     dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder."),
     backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
     seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
-    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME", help="Run profile."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile."),
     samples: int = typer.Option(256, "--samples", metavar="N", help="Clean and poisoned dev rows in the analysis (each)."),
     every: int = typer.Option(5, "--every", metavar="N", help="Record every N training steps."),
     out: Path = typer.Option(Path("results") / "fourier", "--out", "-o", metavar="FOLDER", help="Output folder."),
@@ -252,7 +266,7 @@ def fourier(
     try:
         _load_plugins(plugins)
         settings = parse_assignments(set_ or [])
-        prof = get_profile(profile, settings.pop("profile", {}))
+        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
         cells = plan([dataset], [backbone], [attack], list(defense or ["none", "musclelora"]), [seed], prof, settings)
         summary = fourier_mod.run(cells, out, data_dir=data_dir, n_samples=samples, every=every,
                                   command=_command_line(ctx))
@@ -270,7 +284,7 @@ def cost(
     dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset."),
     backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
     seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
-    profile: str = typer.Option("cpu", "--profile", "-p", metavar="NAME", help="Run profile."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile."),
     out: Path = typer.Option(Path("results") / "cost", "--out", "-o", metavar="FOLDER", help="Output folder."),
     reuse: Optional[List[Path]] = typer.Option(None, "--reuse", metavar="FOLDER", help="Results folders whose matching cells are copied."),
     data_dir: Optional[Path] = DataDirOpt,
@@ -282,7 +296,7 @@ def cost(
 
     command = _command_line(ctx)
     try:
-        prof = get_profile(profile)
+        prof = get_profile(profile or "cpu")
         cells = plan([dataset], [backbone], attack, ["lora"], [seed], prof)
         for k in refresh:
             cells += plan([dataset], [backbone], attack, ["musclelora"], [seed], prof,

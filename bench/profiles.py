@@ -95,6 +95,32 @@ PROFILES = {
 }
 
 
+@dataclass(frozen=True)
+class MainJob:
+    """The README's first command (`bench run --main`): what fits within an hour on a fresh 2-core
+    CPU with every registered defense. Any part can be replaced on the command line (`--main -a
+    addsent`, `--main --set profile.test_size=1821`); `--all` stays every attack x every defense."""
+
+    profile: str = "cpu"
+    attacks: tuple[str, ...] = ("badnets",)  # one attack: BadNets, the one every defense paper reports
+    datasets: tuple[str, ...] = ("sst2",)
+    backbones: tuple[str, ...] = ("minilm",)
+    seeds: tuple[int, ...] = (1,)
+    # a declared stratified slice of the clean test set, the same rows for every defense: ONION scores
+    # each test sentence with one SmolLM2 pass per word (~1.6 s a sentence here), so the full test set
+    # (1821 clean + 912 poisoned rows) alone would take ~70 min
+    profile_settings: tuple[tuple[str, str], ...] = (("test_size", "400"),)
+    out: str = "results/main"
+
+    def describe(self) -> str:
+        slice_ = ", ".join(f"profile.{k}={v}" for k, v in self.profile_settings)
+        return (f"{' + '.join(self.attacks)} x every defense on {', '.join(self.datasets)} with "
+                f"{', '.join(self.backbones)}, seed {', '.join(map(str, self.seeds))}, {self.profile} profile, {slice_}")
+
+
+MAIN_JOB = MainJob()
+
+
 def get_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
     if name not in PROFILES:
         raise UnknownNameError(f"unknown profile {name!r}.{suggest(name, list(PROFILES))} Profiles: {', '.join(PROFILES)}")

@@ -226,3 +226,48 @@ def test_cache_list_and_clear(toy_dir, tmp_path, monkeypatch):
     r = invoke("cache", "clear", "--yes")
     assert "removed 1 victims" in r.output
     assert "0 victims" in invoke("cache", "list").output
+
+
+def _captured_grid(monkeypatch):
+    """Replace run_grid with a recorder: what `bench run` would run, without training."""
+    import bench.runner
+
+    seen = {}
+
+    def fake(cells, out_dir, **kw):
+        seen.update(cells=cells, out=out_dir)
+        return {"ran": 0, "skipped": 0, "copied": 0, "claimed_elsewhere": 0, "wall_seconds": 0.0}
+
+    monkeypatch.setattr(bench.runner, "run_grid", fake)
+    return seen
+
+
+def test_main_job_is_one_attack_times_every_defense_on_a_declared_test_slice(monkeypatch):
+    from bench import registry
+    from bench.profiles import MAIN_JOB
+
+    seen = _captured_grid(monkeypatch)
+    res = runner.invoke(app, ["run", "--main"])
+    assert res.exit_code == 0, res.output
+    cells = seen["cells"]
+    assert sorted({c.defense.name for c in cells}) == sorted(registry.names("defense"))
+    assert {c.attack.name for c in cells} == set(MAIN_JOB.attacks) == {"badnets"}
+    assert {c.seed for c in cells} == {1}
+    assert all(c.profile.test_size == 400 and c.profile.name == "cpu" for c in cells)
+    assert str(seen["out"]) == "results/main"
+
+
+def test_main_job_parts_can_be_replaced_and_all_stays_everything(monkeypatch):
+    from bench import registry
+
+    seen = _captured_grid(monkeypatch)
+    res = runner.invoke(app, ["run", "--main", "-a", "addsent", "--set", "profile.test_size=1000", "-o", "x"])
+    assert res.exit_code == 0, res.output
+    assert {c.attack.name for c in seen["cells"]} == {"addsent"}
+    assert {c.profile.test_size for c in seen["cells"]} == {1000} and str(seen["out"]) == "x"
+    res = runner.invoke(app, ["run", "--all"])
+    assert res.exit_code == 0, res.output
+    assert {c.attack.name for c in seen["cells"]} == set(registry.names("attack"))
+    assert {c.profile.test_size for c in seen["cells"]} == {None}  # --all: the full test set
+    res = runner.invoke(app, ["run", "--main", "--all"])
+    assert res.exit_code == 2 and "--main and --all" in res.output
