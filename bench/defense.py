@@ -10,8 +10,8 @@ Rules (checked by the contract tests in ``tests/test_defense_contract.py`` for e
 * A defense never sees what a defender could not know: :meth:`Defense.select_train` receives rows
   with ``text``, ``label`` and ``row_id`` only (never the poison flags or the original labels), the
   context holds no target label, and the clean rows it offers are clean dev rows, never poisoned ones.
-* A defense that overrides none of the training hooks (:meth:`select_train`, :meth:`prepare_model`,
-  :meth:`backward`, :meth:`reference_size`) and has no ``learning_rate``/``epochs`` setting acts
+* A defense that overrides none of the training hooks (:meth:`select_train`, :meth:`add_train`,
+  :meth:`prepare_model`, :meth:`backward`, :meth:`reference_size`) and has no ``learning_rate``/``epochs`` setting acts
   only after training: it gets the plain victim of its attack x dataset x backbone x seed, trained
   once and cached on disk, shared with every other post-training defense.
 
@@ -19,6 +19,8 @@ Stages:
 
 * before training: :meth:`select_train` returns a keep-mask over the training rows (BKI, CUBE, ...);
   the runner computes the precision and recall of the removed rows against the true poison flags.
+  :meth:`add_train` may add rows to what is kept: the defender's own clean rows (``ctx.clean(n)``,
+  counted in the record), for the clean-data controls.
 * during training: :meth:`reference_size` asks for clean reference rows (taken from the
   defender's clean rows), :meth:`prepare_model` chooses what trains, :meth:`backward` computes the
   gradients of one step. ``learning_rate`` / ``epochs`` in a Config override the profile's, and a
@@ -58,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .lm import CausalLMScorer
     from .victim import Victim
 
-TRAINING_HOOKS = ("select_train", "prepare_model", "backward", "reference_size")
+TRAINING_HOOKS = ("select_train", "add_train", "prepare_model", "backward", "reference_size")
 TRAINING_SETTINGS = ("learning_rate", "epochs")
 
 
@@ -202,6 +204,11 @@ class Defense:
     # --- before training -------------------------------------------------------------------
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
         """A boolean keep-mask over ``rows`` (columns text, label, row_id), or None to keep all."""
+        return None
+
+    def add_train(self, ctx: DefenseContext) -> datasets.Dataset | None:
+        """Rows (columns text, label) trained on beside the kept training rows, or None. Only the
+        defender's clean rows may be added (take them with ``ctx.clean(n)`` so the record counts them)."""
         return None
 
     # --- during training -------------------------------------------------------------------

@@ -47,7 +47,7 @@ SCHEMA = [
     Column("clean_to_target", True, "pct"), Column("frr", True, "pct"), Column("poison_rejected", True, "pct"),
     Column("poison_rate", True), Column("label_regime", True), Column("target_label", True),
     Column("trigger_count", True), Column("n_poisoned"), Column("n_train"), Column("n_train_after_defense"),
-    Column("filter_precision", fmt="3f"), Column("filter_recall", fmt="3f"),
+    Column("n_train_added"), Column("filter_precision", True, "3f"), Column("filter_recall", True, "3f"),
     Column("train_skipped_no_transform"), Column("test_skipped_no_transform"),
     Column("n_test_clean", True), Column("n_test_poison", True), Column("ppl_increase"),
     Column("ppl_increase_median", True, "signed"), Column("similarity", True, "3f"),
@@ -158,7 +158,12 @@ def load_records(out_dir: Path) -> list[dict]:
 def records_frame(records: list[dict]) -> pd.DataFrame:
     rows = [r["row"] for r in records]
     df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
-    return df.sort_values(["dataset", "backbone", "attack", "defense", "seed"], kind="stable").reset_index(drop=True)
+    # within an attack, the defenses that used the defender's clean rows come last, together, so the
+    # clean-data controls (clean-only, none+clean) sit beside the defenses they control for
+    order = df["uses_clean"].map(lambda v: bool(v) if v is not None and v == v else False)
+    return (df.assign(_clean=order)
+            .sort_values(["dataset", "backbone", "attack", "_clean", "defense", "seed"], kind="stable")
+            .drop(columns="_clean").reset_index(drop=True))
 
 
 def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
@@ -179,7 +184,12 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
         "increase under the profile's causal LM; the CSV also has the field's mean, ppl_increase, which a few "
         "very high-perplexity originals dominate) and similarity (MiniLM sentence-embedding cosine). "
         "n_dev_selection: clean dev rows that chose the model (the same for every defense); n_clean_used: the "
-        "defender's clean rows the defense used (reference or calibration rows)."
+        "defender's clean rows the defense used (reference, calibration or added training rows); within an "
+        "attack, the defenses that used clean rows come last, beside the clean-data controls clean-only (train "
+        "on those rows alone) and none+clean (the poisoned set plus those rows). filter_precision / "
+        "filter_recall: for a defense that removes training rows, the share of removed rows that were poisoned "
+        "and the share of poisoned rows removed (computed by the runner from the poison flags the defense "
+        "never sees)."
     ))
     lines.append("")
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))

@@ -400,10 +400,14 @@ class Evaluator:
             if keep.dtype != bool or keep.shape != (len(t),):
                 raise ContractError(f"{trainer.name}.select_train must return a boolean mask of {len(t)} rows, "
                                     f"got dtype {keep.dtype} shape {keep.shape}")
-            if not keep.any():
-                raise ContractError(f"{trainer.name}.select_train removed every training row")
             idx = np.flatnonzero(keep)
             texts, labels = [t["text"][i] for i in idx], [t["label"][i] for i in idx]
+            added = trainer.add_train(ctx)
+            if added is not None:
+                texts, labels = texts + list(added["text"]), labels + [int(x) for x in added["label"]]
+            if not texts:
+                raise ContractError(f"{trainer.name}.select_train removed every training row and add_train "
+                                    "added none: nothing to train on")
             n_ref = trainer.reference_size(built["loaded"])
             reference = ctx.clean(n_ref) if n_ref else None
             device = pick_device(prof.device)
@@ -414,14 +418,15 @@ class Evaluator:
                            reference=(reference["text"], reference["label"]) if reference is not None else None,
                            on_step=on_step)
             return {
-                "trained_by": cell.label, "n_train_after_defense": len(idx),
+                "trained_by": cell.label, "n_train_after_defense": len(texts),
+                "n_train_added": 0 if added is None else len(added),
                 **_filter_stats(keep, np.asarray(t["poisoned"])), "n_reference": n_ref, "clean_used": ctx.clean_used,
                 "best_epoch": result.best_epoch, "dev_acc": result.best_dev_acc,
                 "dev_acc_per_epoch": result.dev_acc_per_epoch, "loss_per_epoch": result.loss_per_epoch,
                 "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
                 "sec_per_step": round(result.seconds_per_step, 4), "trainable_params": result.trainable_params,
                 "total_params": result.total_params, "device": str(device), "defense_stats": result.defense_stats,
-                "training_stats": _take_stats(ctx),
+                "kept_epoch_defense_stats": result.kept_epoch_stats, "training_stats": _take_stats(ctx),
             }
 
         if on_model is not None:  # an analysis that watches training: always train, never cache
@@ -547,7 +552,7 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
         "poison_rate": cell.attack.config.poison_rate, "label_regime": cell.attack.config.label_regime,
         "target_label": p.target_label, "trigger_count": cell.attack.trigger_count,
         "n_poisoned": counts["n_poisoned"], "n_train": counts["n_train"],
-        "n_train_after_defense": counts["n_train_after_defense"],
+        "n_train_after_defense": counts["n_train_after_defense"], "n_train_added": info.get("n_train_added", 0),
         "filter_precision": info.get("filter_precision"), "filter_recall": info.get("filter_recall"),
         "train_skipped_no_transform": counts["train_skipped_no_transform"],
         "test_skipped_no_transform": counts["test_skipped_no_transform"],
@@ -569,7 +574,7 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
         "counts": counts,
         "training": {k: info.get(k) for k in (
             "dev_acc_per_epoch", "loss_per_epoch", "steps", "trainable_params", "total_params", "device",
-            "defense_stats", "training_stats")},
+            "defense_stats", "kept_epoch_defense_stats", "training_stats", "best_epoch")},
         "evaluation": {k: metrics[k] for k in ("calibrate_seconds", "predict_seconds", "predict_sec_per_input")},
         "defense_stats": defense_stats,
         "victim": {"key": victim.key, "trained_here": trained_now, "trained_by": info.get("trained_by")},

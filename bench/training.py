@@ -8,6 +8,7 @@ torch random state is forked, so callers see it untouched.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -114,6 +115,7 @@ class TrainResult:
     total_params: int
     history: list[dict] = field(default_factory=list)
     defense_stats: dict = field(default_factory=dict)
+    kept_epoch_stats: dict = field(default_factory=dict)  # defense_stats as at the end of the kept epoch
 
 
 REFERENCE_CHUNK = 8  # rows per chunk of a reference batch
@@ -153,6 +155,18 @@ def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "norm.weight")
+
+
+def decay_groups(params: list[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: biases and normalisation weights never decay (the usual BERT recipe,
+    and the MuScleLoRA authors'); everything else at ``weight_decay``."""
+    skip = [p for n, p in params if n.endswith(NO_DECAY)]
+    rest = [p for n, p in params if not n.endswith(NO_DECAY)]
+    return [g for g in ({"params": rest, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0})
+            if g["params"]]
+
+
 def train(
     model: Any,
     tokenizer: Any,
@@ -177,7 +191,7 @@ def train(
     params = trainable_parameters(model)
     if not params:
         raise RuntimeError(f"defense {defense.name!r} left no parameter trainable")
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(decay_groups(params, settings.weight_decay), lr=lr)
     steps_per_epoch = (len(train_enc) + settings.batch_size - 1) // settings.batch_size
     total_steps = steps_per_epoch * epochs
     warmup = int(settings.warmup_ratio * total_steps)
@@ -195,6 +209,7 @@ def train(
     step = 0
     t_train = 0.0
     memory: dict = {}
+    epoch_stats: list[dict] = []  # the defense's statistics as they stood at the end of each epoch
     with torch_seeded(seed), progress.stage(
             f"training ({defense.name})" if defense.acts_in_training() else "training", total_steps, "step") as bar:
         gen = torch.Generator().manual_seed(seed)
@@ -231,6 +246,7 @@ def train(
             dev_accs.append(acc)
             losses.append(epoch_loss / steps_per_epoch)
             record = {"epoch": epoch, "dev_acc": acc, "train_loss": losses[-1]}
+            epoch_stats.append(copy.deepcopy(memory.get("stats", {})))
             progress.note(f"epoch {epoch + 1}/{epochs}: clean dev acc {acc:.4f}, train loss {losses[-1]:.4f}")
             history.append(record)
             if on_eval:
@@ -254,4 +270,5 @@ def train(
         total_params=sum(p.numel() for p in model.parameters()),
         history=history,
         defense_stats=memory.get("stats", {}),
+        kept_epoch_stats=epoch_stats[best_epoch] if 0 <= best_epoch < len(epoch_stats) else {},
     )

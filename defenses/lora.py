@@ -1,4 +1,9 @@
-"""LoRA (Hu et al., 2022) as a defense baseline: only low-rank adapters on attention train."""
+"""LoRA (Hu et al., 2022) as a defense baseline: only low-rank adapters on attention train.
+
+As in the MuScleLoRA authors' LoRA baseline, the classification head stays frozen at its initial
+weights, so ``lora`` and ``mslr`` differ in the multi-scale layer alone. ``--set lora.train_head=true``
+gives the head-training variant (PEFT's default for classification; this suite's ``lora`` before
+version 2)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None  # None: the attention query and value projections
-    train_head: bool = True  # the classification head trains too (PEFT's default for classification)
+    train_head: bool = False  # True: the classification head trains too (PEFT's default for classification)
     learning_rate: float | None = None  # None: the profile's adapter_learning_rate
     epochs: int | None = None
 
@@ -35,10 +40,11 @@ class LoraConfig:
 
 @register("defense", "lora")
 class LoRA(Defense):
-    """LoRA: r=8, alpha=32, dropout 0 on attention query/value; the rest of the backbone frozen."""
+    """LoRA: r=8, alpha=32, dropout 0 on attention query/value; the rest of the backbone and the head frozen."""
 
     Config = LoraConfig
     parameter_efficient = True
+    version = 2  # 2: the classification head is frozen by default (as the MuScleLoRA authors' baseline)
 
     def prepare_model(self, loaded: LoadedModel, ctx: DefenseContext):
         c = self.config

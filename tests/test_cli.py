@@ -195,9 +195,9 @@ def test_a_plugin_version_bump_changes_its_keys_only(toy_dir):
     cells = {c.defense.name: c for c in plan([str(toy_dir)], ["tiny-bert"], ["badnets"],
                                              ["none", "lora", "musclelora", "mslr"], [1], get_profile("smoke"))}
     assert "version" not in cell_config(cells["none"], data)["defense"]  # version 1 leaves old keys as they were
-    assert "version" not in cell_config(cells["lora"], data)["defense"]
-    assert cell_config(cells["musclelora"], data)["defense"]["version"] == cells["musclelora"].defense.version >= 3
-    assert cell_config(cells["mslr"], data)["defense"]["version"] == 2  # no alignment: untouched by version 3
+    assert cell_config(cells["lora"], data)["defense"]["version"] == 2  # 2: head frozen by default
+    assert cell_config(cells["musclelora"], data)["defense"]["version"] == cells["musclelora"].defense.version >= 4
+    assert cell_config(cells["mslr"], data)["defense"]["version"] == 3  # 3: decoder head dropout
 
 
 def test_a_broken_plugin_file_is_a_clear_error_and_a_plugin_bug_keeps_its_traceback(toy_dir, tmp_path):
@@ -253,7 +253,7 @@ def test_main_job_is_one_attack_times_every_defense_on_a_declared_test_slice(mon
     assert sorted({c.defense.name for c in cells}) == sorted(registry.names("defense"))
     assert {c.attack.name for c in cells} == set(MAIN_JOB.attacks) == {"badnets"}
     assert {c.seed for c in cells} == {1}
-    assert all(c.profile.test_size == 400 and c.profile.name == "cpu" for c in cells)
+    assert all(c.profile.test_size == 300 and c.profile.train_size == 1500 and c.profile.name == "cpu" for c in cells)
     assert str(seen["out"]) == "results/main"
 
 

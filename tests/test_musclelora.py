@@ -120,9 +120,120 @@ def test_aligned_backward_replaces_each_gradient_by_its_projection():
     assert mem["stats"]["alignment_modes"] == {"aligned": 0, "mixed": 0, "raw": 1}
 
 
-def test_raw_ratio_rises_linearly_to_the_maximum():
+def test_raw_ratio_follows_the_authors_schedule():
+    # rho = max * (epoch - ga_epoch) / (epochs - ga_epoch): over 10 epochs from ga_epoch 1 it ends at 0.08,
+    # from ga_epoch 0 at 0.09 (the former divisor, epochs - 1 - ga_epoch, reached 0.1)
     s = AlignmentSettings(max_raw_ratio=0.1, ga_epoch=1)
-    assert [round(raw_ratio(e, 5, s), 4) for e in range(5)] == [0.0, 0.0, 0.0333, 0.0667, 0.1]
+    assert [round(raw_ratio(e, 5, s), 4) for e in range(5)] == [0.0, 0.0, 0.025, 0.05, 0.075]
+    assert round(raw_ratio(9, 10, AlignmentSettings(max_raw_ratio=0.1, ga_epoch=0)), 4) == 0.09
+
+
+class _Lin(torch.nn.Module):
+    """Two tensors; the reference batch only reaches the first (``x2`` is zero there)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(4, 2, bias=False)
+        self.b = torch.nn.Linear(3, 2, bias=False)
+        self.config = None
+
+    def forward(self, x, x2, labels):
+        logits = self.a(x) + self.b(x2)
+        return type("Out", (), {"loss": torch.nn.functional.cross_entropy(logits, labels)})()
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.randn(8, 4, generator=g), "x2": torch.randn(8, 3, generator=g),
+             "labels": torch.randint(0, 2, (8,), generator=g)}
+    ref = {"x": torch.randn(8, 4, generator=g), "x2": torch.zeros(8, 3), "labels": torch.randint(0, 2, (8,), generator=g)}
+    return batch, ref
+
+
+def test_mixed_mode_value_and_a_zero_reference_gradient_keeps_the_raw_one():
+    m = _Lin()
+    batch, ref = _batches()
+    raw = torch.autograd.grad(m(**batch).loss, list(m.parameters()))
+    refg = torch.autograd.grad(m(**ref).loss, list(m.parameters()))
+    assert not refg[1].any()  # the reference batch gives tensor b no direction
+    # reference loss below the bar from ga_epoch on: mixed, rho = 0.1 * (2 - 0) / (4 - 0) = 0.05
+    mem = {}
+    state = StepState(m, batch, 2, 4, 0, lambda: [(ref, 1.0)], mem)
+    aligned_backward(state, AlignmentSettings(min_ref_loss=100.0, max_raw_ratio=0.1, ga_epoch=0))
+    assert mem["stats"]["alignment_modes"]["mixed"] == 1
+    assert torch.allclose(m.a.weight.grad, 0.95 * project(raw[0], refg[0]) + 0.05 * raw[0], atol=1e-6)
+    assert torch.allclose(m.b.weight.grad, raw[1], atol=1e-6)  # kept raw, not zeroed
+    assert mem["stats"]["alignment_modes_per_epoch"][2] == {"aligned": 0, "mixed": 1, "raw": 0}
+    assert mem["stats"]["steps_with_raw_gradient"] == 1
+
+
+def test_the_optimizer_receives_the_aligned_gradient(monkeypatch):
+    """Through the real training loop: what AdamW steps with is the projection (after clipping)."""
+    from bench.training import train
+
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        seen.append({id(p): p.grad.detach().clone() for g in self.param_groups for p in g["params"]})
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    loaded = resolve_backbone("tiny-bert").load(2, seed=0)
+    d = registry.get("defense", "ga")(registry.get("defense", "ga").Config(min_ref_loss=0.0, reference_size=8))
+    model = d.prepare_model(loaded, make_ctx())
+    texts, labels = ["good film", "bad film", "fine cf movie", "awful"], [1, 0, 1, 0]
+    prof = get_profile("smoke", {"epochs": "1", "batch_size": "4", "grad_clip": "1000"})
+    # the expected gradient, from the same weights and the same batches, before training moves them
+    from bench.training import Encoded
+    enc, ref_enc = Encoded(loaded.tokenizer, texts, labels, 32), Encoded(loaded.tokenizer, texts[::-1], labels[::-1], 32)
+    model.eval()  # dropout off on both sides (tiny-bert's dropout would make the two passes differ)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.autograd.grad(model(**enc.batch([0, 1, 2, 3], torch.device("cpu"))).loss, params)
+    r = torch.autograd.grad(model(**ref_enc.batch([0, 1, 2, 3], torch.device("cpu"))).loss, params)
+    expected = {id(p): project(a, b) if b.any() else a for p, a, b in zip(params, g, r)}
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    train(model, loaded.tokenizer, texts, labels, texts, labels, prof, d, 0, torch.device("cpu"),
+          reference=(texts[::-1], labels[::-1]))
+    assert len(seen) == 1 and seen[0].keys() == expected.keys()
+    for k, want in expected.items():
+        assert torch.allclose(seen[0][k], want, atol=1e-6, rtol=1e-4)
+
+
+def test_decoder_defaults_follow_the_authors_decoder_setting():
+    from bench.backbones import DECODER_TYPES
+
+    model, _ = _prepared("musclelora", "tiny-llama")
+    assert model.config.model_type in DECODER_TYPES
+    head = [m for n, m in model.named_modules() if n.endswith("score")][0]
+    assert isinstance(head.dropout, torch.nn.Dropout) and head.dropout.p == 0.1
+    # decoders: no raw gradient is ever mixed back in (max_raw_ratio 0), from epoch 0
+    m = _Lin()
+    m.config = type("C", (), {"model_type": "llama"})()
+    batch, ref = _batches()
+    mem = {}
+    d = registry.get("defense", "musclelora")()
+    d.backward(StepState(m, batch, 0, 3, 0, lambda: [(ref, 1.0)], mem))
+    assert mem["stats"]["alignment_modes"]["aligned"] == 1  # min_ref_loss 0 for decoders: always aligned
+
+
+def test_lora_freezes_the_head_like_the_authors_baseline_and_adamw_skips_biases_and_norms():
+    from bench.training import decay_groups
+
+    model, names = _prepared("lora")
+    assert names and all("lora_" in n for n in names), names
+    loaded = resolve_backbone("tiny-bert").load(2, seed=0)
+    head_variant = registry.get("defense", "lora")(registry.get("defense", "lora").Config(train_head=True))
+    trained = [n for n, p in head_variant.prepare_model(loaded, make_ctx()).named_parameters() if p.requires_grad]
+    assert any("classifier" in n for n in trained)
+    params = list(resolve_backbone("tiny-bert").load(2, seed=0).model.named_parameters())
+    groups = decay_groups(params, 0.01)
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for n, p in params:
+        assert (id(p) in no_decay) == (n.endswith("bias") or "LayerNorm" in n), n
 
 
 def test_reference_samples_never_appear_in_the_selection_dev_set(toy_dir):

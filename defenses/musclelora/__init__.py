@@ -57,14 +57,21 @@ class MuscleLoRAConfig:
     reference_size: int | None = None  # 96 (128 for decoder LLMs), drawn from clean dev
     min_ref_grad_norm: float = 5e-7
     min_ref_loss: float | None = None  # 0.4 (0 for decoder LLMs)
-    max_raw_ratio: float = 0.1
-    ga_epoch: int = 1
+    max_raw_ratio: float | None = None  # 0.1 (0 for decoder LLMs: no raw gradient is ever mixed back in)
+    ga_epoch: int | None = None  # 1 (0 for decoder LLMs)
+    decoder_head_dropout: float = 0.1  # dropout before the decoder head (the authors' decoder setting)
     refresh_every: int = 1
     freeze_head: bool = True
     learning_rate: float | None = None  # None: the profile's adapter_learning_rate
     epochs: int | None = None
 
     def validate(self) -> None:
+        if self.max_raw_ratio is not None and not 0.0 <= self.max_raw_ratio <= 1.0:
+            raise ConfigError(f"max_raw_ratio={self.max_raw_ratio}: a share of the raw gradient is in [0, 1]")
+        if self.ga_epoch is not None and self.ga_epoch < 0:
+            raise ConfigError(f"ga_epoch={self.ga_epoch}: must be >= 0 (0: mixing may start in the first epoch)")
+        if not 0.0 <= self.decoder_head_dropout < 1.0:
+            raise ConfigError(f"decoder_head_dropout={self.decoder_head_dropout}: a dropout probability is in [0, 1)")
         if self.refresh_every < 1:
             raise ConfigError("refresh_every must be >= 1")
         if self.use_alignment and self.reference_size is not None and self.reference_size < 1:
@@ -85,8 +92,10 @@ class MuscleLoRA(Defense):
     parameter_efficient = True
     profile_defaults = {"cpu": CPU_ALIGNMENT}
     # 2: narrow encoders (MiniLM) default to scales [1,2,3,4] (1: the BERT-base list); 3: the reference
-    # batch's loss from length-sorted chunks (same mean loss, a third of the padding; dropout masks differ)
-    version = 3
+    # batch's loss from length-sorted chunks (same mean loss, a third of the padding; dropout masks differ);
+    # 4: the authors' raw-ratio schedule, a zero reference gradient keeps the raw one, decoder defaults
+    # (max_raw_ratio 0, ga_epoch 0, head dropout 0.1)
+    version = 4
 
     def reference_size(self, loaded: LoadedModel) -> int:
         if not self.config.use_alignment:
@@ -97,7 +106,7 @@ class MuscleLoRA(Defense):
         c = self.config
         gen = torch.Generator().manual_seed(ctx.seed)
         if loaded.is_decoder and (c.use_mslr or c.freeze_head):
-            replace_decoder_head(loaded, c.decoder_head_hidden, gen)
+            replace_decoder_head(loaded, c.decoder_head_hidden, gen, c.decoder_head_dropout)
         model = loaded.model
         if c.use_lora:
             model = add_lora(
@@ -119,7 +128,9 @@ class MuscleLoRA(Defense):
         c = self.config
         decoder = state.model.config.model_type in DECODER_TYPES
         min_loss = c.min_ref_loss if c.min_ref_loss is not None else (0.0 if decoder else 0.4)
-        settings = AlignmentSettings(c.min_ref_grad_norm, min_loss, c.max_raw_ratio, c.ga_epoch, c.refresh_every)
+        max_raw = c.max_raw_ratio if c.max_raw_ratio is not None else (0.0 if decoder else 0.1)
+        ga_epoch = c.ga_epoch if c.ga_epoch is not None else (0 if decoder else 1)
+        settings = AlignmentSettings(c.min_ref_grad_norm, min_loss, max_raw, ga_epoch, c.refresh_every)
         return aligned_backward(state, settings)
 
 
@@ -137,7 +148,7 @@ class GradientAlignment(MuscleLoRA):
 
     Config = GAConfig
     parameter_efficient = False  # full fine-tuning: the profile's learning_rate
-    version = 3  # 3: chunked reference batches (as musclelora); it has no multi-scale layer (version 2 skipped)
+    version = 4  # 3: chunked reference batches; 4: the authors' raw-ratio schedule and zero-reference rule
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,7 @@ class MultiScaleLoRA(MuscleLoRA):
 
     Config = MSLRConfig
     profile_defaults: dict = {}
-    version = 2  # no alignment: unchanged by version 3's reference chunks
+    version = 3  # no alignment (version 3's reference chunks did not apply); 3: decoder head dropout 0.1
 
 
 @dataclass(frozen=True)
@@ -164,4 +175,4 @@ class GALoRA(MuscleLoRA):
     """MuScleLoRA ablation: LoRA with gradient alignment to clean reference rows, no multi-scale layer."""
 
     Config = GALoRAConfig
-    version = 3  # 3: chunked reference batches (as musclelora); it has no multi-scale layer (version 2 skipped)
+    version = 4  # 3: chunked reference batches; 4: the authors' raw-ratio schedule and zero-reference rule

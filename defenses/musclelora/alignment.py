@@ -5,8 +5,9 @@ batch of clean reference samples. Per trainable tensor, the aligned gradient is 
 magnitude of ``g`` on ``r`` carried along ``r``: ``|<g, r>| / ||r||^2 * r``. It is used while the
 reference set is still being learnt (mean reference-gradient norm above a floor and reference loss
 above a threshold); afterwards, from ``ga_epoch`` on, a share ``rho`` of the raw gradient is mixed
-back in, ``rho`` rising linearly to ``max_raw_ratio`` by the last epoch; before that the raw
-gradient is kept.
+back in, ``rho`` rising linearly from 0 at ``ga_epoch`` by ``max_raw_ratio / (epochs - ga_epoch)`` an
+epoch (as the authors' code: it never quite reaches ``max_raw_ratio``); before that the raw gradient
+is kept. A tensor whose reference gradient is zero (or absent) keeps its raw gradient, as theirs does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class AlignmentSettings:
 
 
 def project(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``|<g, r>| / ||r||^2 * r`` (zero when either is zero)."""
+    """``|<g, r>| / ||r||^2 * r`` (zero when either is zero; :func:`aligned_backward` never projects
+    on a zero ``r``)."""
     rr = torch.dot(r.flatten(), r.flatten())
     if rr == 0:
         return torch.zeros_like(g)
@@ -38,10 +40,11 @@ def project(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def raw_ratio(epoch: int, num_epochs: int, s: AlignmentSettings) -> float:
-    """rho: 0 at ``ga_epoch``, rising linearly to ``max_raw_ratio`` at the last epoch."""
+    """rho = max_raw_ratio * (epoch - ga_epoch) / (num_epochs - ga_epoch): 0 at ``ga_epoch``; at the
+    last epoch ``max_raw_ratio * (1 - 1 / (num_epochs - ga_epoch))`` (0.09 over 10 epochs from epoch 0)."""
     if epoch < s.ga_epoch:
         return 0.0
-    span = max(1, num_epochs - 1 - s.ga_epoch)
+    span = max(1, num_epochs - s.ga_epoch)
     return s.max_raw_ratio * min(1.0, (epoch - s.ga_epoch) / span)
 
 
@@ -73,13 +76,20 @@ def aligned_backward(state: StepState, s: AlignmentSettings) -> float:
         mode, rho = "mixed", raw_ratio(state.epoch, state.num_epochs, s)
     else:
         mode, rho = "raw", 1.0
-    counts = mem.setdefault("stats", {}).setdefault("alignment_modes", dict.fromkeys(MODES, 0))
-    counts[mode] += 1
+    stats = mem.setdefault("stats", {})
+    stats.setdefault("alignment_modes", dict.fromkeys(MODES, 0))[mode] += 1
+    per_epoch = stats.setdefault("alignment_modes_per_epoch", [])
+    while len(per_epoch) <= state.epoch:
+        per_epoch.append(dict.fromkeys(MODES, 0))
+    per_epoch[state.epoch][mode] += 1
+    # raw or mixed: the step's update carried some raw (possibly poisoned) gradient; the runner keeps these
+    # statistics as they stood at the end of the kept epoch, so 0 there means the kept weights never took one
+    stats["steps_with_raw_gradient"] = stats.get("steps_with_raw_gradient", 0) + (mode != "aligned")
     if mode != "raw":
         with torch.no_grad():
             for p, r in zip(params, mem["ref_grads"]):
-                if p.grad is None or r is None:
-                    continue
+                if p.grad is None or r is None or not bool(r.any()):
+                    continue  # no reference direction for this tensor: its raw gradient is kept
                 a = project(p.grad, r)
                 p.grad.copy_(a if mode == "aligned" else (1 - rho) * a + rho * p.grad)
     return float(loss.detach())

@@ -52,13 +52,14 @@ class DecoderHead(torch.nn.Module):
     """hidden -> inner -> labels without bias: the small head MuScleLoRA puts on decoder LLMs so that
     its first layer can carry the multi-scale term."""
 
-    def __init__(self, hidden: int, inner: int, num_labels: int):
+    def __init__(self, hidden: int, inner: int, num_labels: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = torch.nn.Dropout(dropout)
         self.dense = torch.nn.Linear(hidden, inner, bias=False)
         self.out_proj = torch.nn.Linear(inner, num_labels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.dense(x))
+        return self.out_proj(self.dense(self.dropout(x)))
 
 
 def pre_classifier_path(model: Any, model_type: str) -> str:
@@ -80,10 +81,11 @@ def pre_classifier_path(model: Any, model_type: str) -> str:
     raise BackboneError(f"{model_type} model has no linear layer named *.{suffix}")
 
 
-def replace_decoder_head(loaded: LoadedModel, inner: int, generator: torch.Generator | None = None) -> None:
+def replace_decoder_head(loaded: LoadedModel, inner: int, generator: torch.Generator | None = None,
+                         dropout: float = 0.0) -> None:
     """Swap a decoder's ``score`` for a :class:`DecoderHead` (before any adapter is added)."""
     old = loaded.model.score
-    head = DecoderHead(old.in_features, inner, old.out_features).to(old.weight.device, old.weight.dtype)
+    head = DecoderHead(old.in_features, inner, old.out_features, dropout).to(old.weight.device, old.weight.dtype)
     for layer in (head.dense, head.out_proj):
         torch.nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
     loaded.model.score = head
