@@ -109,8 +109,9 @@ class MainJob:
     # Leaner than `cpu`, and declared in every record's settings: a 1500-row training slice (half the
     # cpu profile's: ~20 trainings must fit, one per training-time defense plus the shared plain
     # victim) and a stratified 300-row slice of the clean test set, the same rows for every defense
-    # (ONION scores each test sentence with one SmolLM2 pass per word, ~1.6 s a sentence here: the
-    # full test set, 1821 clean + 912 poisoned rows, would take ~70 min on its own).
+    # (ONION scores each test sentence with one SmolLM2 pass per word after the prefix it shares with
+    # the whole sentence, ~0.8 s a sentence here: the full test set, 1821 clean + 912 poisoned rows,
+    # would take ~35 min on its own).
     profile_settings: tuple[tuple[str, str], ...] = (("train_size", "1500"), ("test_size", "300"))
     out: str = "results/main"
 

@@ -174,13 +174,17 @@ def score_sentences(sentences: list[str], scorer: Any) -> tuple[dict[str, np.nda
 def _score_groups(todo: list[str], scorer: Any, keys: dict, cache: "ScoreCache", out: dict, bar: Any) -> None:
     for g in range(0, len(todo), _GROUP):
         group = todo[g:g + _GROUP]
-        variants, spans = [], []
-        for s in group:
-            v = leave_one_out(split_words(s))
-            spans.append((len(variants), len(variants) + len(v)))
-            variants.extend(v)
-        ppl = np.asarray(scorer.perplexity(variants), dtype=np.float64)
-        fresh = {s: word_scores_from_ppl(ppl[a:b]) for s, (a, b) in zip(group, spans)}
+        if hasattr(scorer, "leave_one_out_perplexity"):  # the same numbers, each shared prefix run once
+            ppls = scorer.leave_one_out_perplexity([split_words(s) for s in group])
+            fresh = {s: word_scores_from_ppl(p) for s, p in zip(group, ppls)}
+        else:
+            variants, spans = [], []
+            for s in group:
+                v = leave_one_out(split_words(s))
+                spans.append((len(variants), len(variants) + len(v)))
+                variants.extend(v)
+            ppl = np.asarray(scorer.perplexity(variants), dtype=np.float64)
+            fresh = {s: word_scores_from_ppl(ppl[a:b]) for s, (a, b) in zip(group, spans)}
         out.update(fresh)
         cache.put_many({keys[s]: f for s, f in fresh.items()})
         bar.update(len(group))

@@ -320,3 +320,27 @@ def test_perplexity_ignores_padding():
     assert np.isfinite(alone) and alone > 0
     assert batched[1] == pytest.approx(alone, rel=1e-4)
     assert batched[0] == pytest.approx(scorer.perplexity([long])[0], rel=1e-4)
+
+
+def test_shared_prefix_scoring_equals_scoring_every_variant():
+    """ONION's leave-one-out perplexities computed with each shared prefix run once (the default)
+    equal those of scoring every variant on its own, including a variant that drops the first or
+    the last word, a two-word sentence and a sentence cut at max_length."""
+    from bench.lm import get_scorer
+    from defenses.onion import leave_one_out
+
+    scorer = get_scorer("tiny-llama")
+    sentences = [["the", "film", "is", "a", "cf", "charming", "journey", "."], ["a", "b"],
+                 ["unflinchingly", "bleak", "and", "desperate"], ["word"] * 200]
+    fast = scorer.leave_one_out_perplexity(sentences)
+    for words, got in zip(sentences, fast):
+        want = scorer.perplexity(leave_one_out(words))
+        assert got.shape == want.shape == (len(words) + 1,)
+        np.testing.assert_allclose(np.log(got), np.log(want), atol=1e-4)
+    # a scorer with no start token falls back to scoring every variant
+    saved, scorer.bos = scorer.bos, None
+    try:
+        again = scorer.leave_one_out_perplexity(sentences[:2])
+        assert [len(x) for x in again] == [9, 3] and np.all(np.isfinite(again[0]))
+    finally:
+        scorer.bos = saved
