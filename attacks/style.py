@@ -13,7 +13,9 @@ STYLES = ("bible", "shakespeare", "lyrics", "poetry", "tweets")
 
 @dataclass(frozen=True)
 class StyleConfig(ParaphraseConfig):
-    transform: str = "bible"  # one of bible, shakespeare, lyrics, poetry, tweets
+    # bible, shakespeare, lyrics, poetry, tweets (the paper's), or the name of any table
+    # <dataset>/paraphrases/<name>.csv (e.g. formal for formal.csv)
+    transform: str = "bible"
     label_regime: LabelRegime = "mixed"
     poison_rate: float = 0.1
 
@@ -24,3 +26,4 @@ class StyleBkd(ParaphraseAttack):
 
     Config = StyleConfig
     transforms = STYLES
+    any_table = True  # --set style.transform=formal when <dataset>/paraphrases/formal.csv exists

@@ -5,6 +5,13 @@ An attack plugin subclasses :class:`Attack`, declares its settings as a ``Config
 can be transformed, :meth:`Attack.available`). The base class does the rest, the same way for every
 attack: choose exactly ``round(poison_rate * |train|)`` rows from the pool the label regime allows,
 transform them, relabel them, and build the dev/test poisoned splits from the non-target rows.
+
+An attack that brings training rows poisoned elsewhere (``attacks/imported.py``: the attack ``file``)
+sets ``imported = True`` and overrides three more methods: :meth:`Attack.training_rows` (which rows a
+cell trains on under a profile's ``train_size``; by default a stratified slice of the dataset's
+training split, which ``poison`` then poisons), :meth:`Attack.poison` (its ``train`` argument is then
+what ``training_rows`` returned) and :meth:`Attack.stated` (what the record states as poison rate,
+label regime and trigger count: derived from the data, ``None`` where unknown, instead of the settings).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Literal
 import datasets
 import numpy as np
 
-from .data import TextDataset
+from .data import TextDataset, stratified_indices
 
 LabelRegime = Literal["clean-label", "dirty", "mixed"]
 LABEL_REGIMES: tuple[str, ...] = ("clean-label", "dirty", "mixed")
@@ -48,7 +55,10 @@ class AttackConfig:
 
 @dataclass
 class PoisonedData:
-    """What an attack hands to the runner. Train has the columns text, label, poisoned, orig_label."""
+    """What an attack hands to the runner. Train has the columns text, label, poisoned, orig_label;
+    the poisoned splits text, label, orig_label and orig_text. Imported data may not know everything:
+    -1 in poisoned / orig_label means unknown, and a test_poison without orig_text has no originals
+    (no stealthiness is measured)."""
 
     train: datasets.Dataset
     dev_clean: datasets.Dataset
@@ -67,6 +77,9 @@ class Attack:
     """Base class of attacks. Subclasses set ``Config`` and implement ``apply``."""
 
     Config: type = AttackConfig
+    # True: the attack reads poisoned data made elsewhere (no poisoning procedure of its own, so
+    # `bench run --all` and the generic seeded-poisoning contract tests leave it out)
+    imported: bool = False
 
     def __init__(self, config: AttackConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -92,6 +105,22 @@ class Attack:
     def source_identity(self, data: TextDataset) -> dict:
         """Content the transform depends on beyond the dataset and Config (a table's hash, a model)."""
         return {}
+
+    def unavailable_hint(self, data: TextDataset) -> str:
+        """How to give the sentences :meth:`available` rejects a transform (shown in the pool error)."""
+        return ""
+
+    def training_rows(self, data: TextDataset, size: int | None, seed: int) -> datasets.Dataset:
+        """The rows a cell hands to :meth:`poison` as ``train``: the dataset's training split, or under
+        a profile's ``train_size`` a stratified ``size``-row slice of it (drawn with the cell's seed)."""
+        if size is None:
+            return data.train
+        return data.train.select(stratified_indices(data.train["label"], size, seed))
+
+    def stated(self, poisoned: PoisonedData) -> dict:
+        """What the record states about the poisoning: the settings (an imported attack derives them)."""
+        return {"poison_rate": self.config.poison_rate, "label_regime": self.config.label_regime,
+                "trigger_count": self.trigger_count}
 
     # --- the shared procedure -----------------------------------------------------------
     def target(self, data: TextDataset) -> int:
@@ -124,11 +153,18 @@ class Attack:
         pool = np.flatnonzero(allowed & avail)
         n_poison = int(round(cfg.poison_rate * len(texts)))
         if n_poison > len(pool):
+            missing = np.flatnonzero(allowed & ~avail)
+            detail = ""
+            if len(missing):  # say which training rows lack a transform (a table covering only test rows)
+                shown = ", ".join(str(int(i)) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+                detail = (f"; {len(missing)} of the {int(allowed.sum())} {cfg.label_regime} candidate rows of the "
+                          f"train split have no transform (training rows {shown}; first: {texts[missing[0]]!r})"
+                          f"{self.unavailable_hint(data)}")
             raise AttackError(
                 f"{self.name}: poison_rate {cfg.poison_rate} needs {n_poison} of {len(texts)} training rows, "
                 f"but the {cfg.label_regime} pool (target label {target}"
-                f"{', with a transform' if not avail.all() else ''}) holds only {len(pool)}; "
-                "lower --poison-rate or choose another --label-regime"
+                f"{', with a transform' if not avail.all() else ''}) holds only {len(pool)}{detail}; "
+                "lower --poison-rate (0 still builds the poisoned test set) or choose another --label-regime"
             )
         chosen = np.sort(rng_pick.choice(pool, n_poison, replace=False)) if n_poison else np.array([], int)
         new_texts = list(texts)

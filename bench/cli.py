@@ -109,6 +109,7 @@ def run(
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder (repeatable)."),
     backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone name, hub id or folder."),
     seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", metavar="N", help="Seed (repeatable; default 1)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="Seeds 1..N (shorthand for --seed 1 ... --seed N)."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help=f"Run profile: {', '.join(PROFILES)} (default cpu)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Results folder (default results/<profile>)."),
     poison_rate: Optional[float] = typer.Option(None, "--poison-rate", metavar="RATE", help="Poison rate for every attack."),
@@ -123,17 +124,35 @@ def run(
     ),
     no_progress: bool = typer.Option(
         False, "--no-progress", help="No bars: plain lines per cell and epoch, with elapsed time and what remains."),
+    executor: str = typer.Option("local", "--executor", metavar="local|ray",
+                                 help="Where cells run: local (this process, one after the other) or ray (Ray tasks; "
+                                      "pip install 'bench[ray]')."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", metavar="ADDRESS", help="With --executor ray: join a running cluster ('auto', or "
+                                                       "ray://HOST:PORT); default: start a local one for the run."),
+    ray_cpus: Optional[float] = typer.Option(
+        None, "--ray-cpus", metavar="N", help="With --executor ray: CPUs per cell when the cluster has no GPU (default "
+                                              "1; with GPUs each cell takes one GPU)."),
     data_dir: Optional[Path] = DataDirOpt,
     plugins: Optional[List[Path]] = PluginsOpt,
 ) -> None:
     """Run cells (dataset x backbone x attack x defense x seed) and write the leaderboard."""
+    from .executors import make_executor
     from .runner import plan, run_grid
 
     command = _command_line(ctx)
     try:
         _load_plugins(plugins)
+        runs_on = make_executor(executor, ray_address, ray_cpus, plugins)  # a missing ray package fails now
         if main_job and all_:
             raise ConfigError("--main and --all select different grids; pass one of them")
+        if seeds is not None:
+            if seed:
+                raise ConfigError(f"--seeds {seeds} and --seed {' --seed '.join(map(str, seed))} both choose seeds; "
+                                  "pass one of them")
+            if seeds < 1:
+                raise ConfigError(f"--seeds {seeds}: give a number of seeds >= 1 (seeds 1..N are run)")
+            seed = list(range(1, seeds + 1))
         settings = parse_assignments(set_ or [])
         profile_settings = settings.pop("profile", {})
         if main_job:
@@ -144,7 +163,7 @@ def run(
             seed, out = seed or list(MAIN_JOB.seeds), out or Path(MAIN_JOB.out)
         prof = get_profile(profile or "cpu", profile_settings)
         if all_ or main_job:
-            attacks = attack or registry.names("attack")
+            attacks = attack or _generating_attacks()
             defenses = defense or registry.names("defense")
         else:
             if not attack or not defense:
@@ -161,7 +180,8 @@ def run(
         )
         out_dir = out or Path("results") / prof.name
         summary = run_grid(cells, out_dir, data_dir=data_dir, command=command,
-                           progress="lines" if no_progress else "auto", force=force, reuse=reuse)
+                           progress="lines" if no_progress else "auto", force=force, reuse=reuse,
+                           executor=runs_on)
     except USER_ERRORS as e:
         _fail(e)
     elsewhere = f", {summary['claimed_elsewhere']} left to a concurrent run" if summary["claimed_elsewhere"] else ""
@@ -203,6 +223,8 @@ def compare(
     """Join two leaderboard CSVs on the cell key and show the CACC and ASR deltas (points)."""
     from tabulate import tabulate
 
+    import pandas as pd
+
     from .results import compare as do_compare
     from .results import read_leaderboard_csv, regressions
 
@@ -214,11 +236,14 @@ def compare(
         _fail(e)
     ids = ["dataset", "backbone", "attack", "defense"] + ([] if across_seeds else ["seed"])
     seeds = ["n_seeds_a", "n_seeds_b"] if across_seeds else []
-    shown = both[ids + seeds + ["cacc_a", "cacc_b", "d_cacc", "asr_a", "asr_b", "d_asr"]].copy()
+    noise = ["noise_cacc", "noise_asr"] if across_seeds else []
+    shown = both[ids + seeds + ["cacc_a", "cacc_b", "d_cacc", "asr_a", "asr_b", "d_asr"] + noise].copy()
     for col in ("cacc_a", "cacc_b", "asr_a", "asr_b"):
         shown[col] = shown[col].map(lambda v: f"{v:.2f}")
     for col in ("d_cacc", "d_asr"):
         shown[col] = shown[col].map(lambda v: f"{v:+.2f}")
+    for m in ("cacc", "asr") if across_seeds else ():
+        shown[f"noise_{m}"] = [n if pd.isna(p) else f"{n} (p={p:.3f})" for n, p in zip(both[f"noise_{m}"], both[f"p_{m}"])]
     what = "cells (mean over seeds)" if across_seeds else "cells"
     typer.echo(f"{len(both)} {what} in both files (CACC and ASR in percent; d = B - A):")
     typer.echo(tabulate(shown, headers="keys", tablefmt="github", showindex=False, disable_numparse=True))
@@ -236,7 +261,8 @@ def compare(
             raise typer.Exit(1)
         bad = regressions(both, fail_on_regression)
         if len(bad):
-            typer.echo(f"\n{len(bad)} cells regress by more than {fail_on_regression} points", err=True)
+            typer.echo(f"\n{len(bad)} cells regress by more than {fail_on_regression} points"
+                       + (" beyond seed noise (or untested: one seed)" if across_seeds else ""), err=True)
             raise typer.Exit(1)
         typer.echo(f"\nno cell regresses by more than {fail_on_regression} points")
 
@@ -309,6 +335,120 @@ def cost(
     text = cost_table(load_records(out), command)
     (out / "cost.md").write_text(text)
     typer.echo(text)
+
+
+@app.command()
+def plot(
+    out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", metavar="FOLDER", help="Results folder."),
+) -> None:
+    """Write the ASR-vs-CACC scatter and the attack x defense ASR heatmaps (PNG) into FOLDER/plots/."""
+    from .report import write_plots
+
+    try:
+        paths = write_plots(out)
+    except USER_ERRORS as e:
+        _fail(e)
+    for p in paths:
+        typer.echo(f"wrote {p}")
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(..., metavar="RESULTS_DIR", help="Results folder (what `bench run --out` wrote)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FOLDER",
+                                       help="Where to write index.html (default RESULTS_DIR/report)."),
+) -> None:
+    """One self-contained HTML page of a results folder (summary, clean-data controls, cells, plots,
+    provenance); open it in a browser, no server needed. The plots also land in RESULTS_DIR/plots/."""
+    from .report import write_report
+
+    try:
+        page = write_report(results, out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"wrote {page}")
+
+
+def _generating_attacks() -> list[str]:
+    """The attacks `--all` runs: every registered one that poisons data itself (not `file`, which imports it)."""
+    return [n for n in registry.names("attack") if not getattr(registry.get("attack", n), "imported", False)]
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    attack: str = typer.Option(..., "--attack", "-a", metavar="NAME", help="Attack name."),
+    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder."),
+    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME",
+                                          help="Profile whose train_size/test_size slices are exported (default cpu)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FOLDER", help="Output folder (new, empty, or an earlier export)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE",
+                                             help="The attack's or the profile's settings, e.g. badnets.poison_rate=0.2."),
+    data_dir: Optional[Path] = DataDirOpt,
+    plugins: Optional[List[Path]] = PluginsOpt,
+) -> None:
+    """Write an attack's poisoned data for a dataset and seed (train with poison flags, dev/test clean, dev/test
+    poison) in OpenBackdoor's CSV layout and as a Hugging Face datasets folder, with manifest.json;
+    `bench run -a file --set file.folder=FOLDER` imports it again."""
+    from .export import export, export_cell
+
+    try:
+        _load_plugins(plugins)
+        settings = parse_assignments(set_ or [])
+        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
+        manifest = export(export_cell(attack, dataset, seed, prof, settings), out, data_dir=data_dir,
+                          command=_command_line(ctx))
+    except USER_ERRORS as e:
+        _fail(e)
+    c = manifest["counts"]
+    typer.echo(f"wrote {out}: {c['n_train']} training rows ({c['n_poisoned']} poisoned), {c['n_test_clean']} clean and "
+               f"{c['n_test_poison']} poisoned test rows; OpenBackdoor CSVs, hf/, manifest.json\n"
+               f"import again: {manifest['import_with']}")
+
+
+@app.command("musclelora-release")
+def musclelora_release_cmd(
+    ctx: typer.Context,
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="sst2|hsol", help="Dataset (repeatable; default both)."),
+    attack: Optional[List[str]] = typer.Option(
+        None, "--attack", "-a", metavar="NAME", help="The release's attacks: badnets, addsent, stylebkd, synbkd (default all)."),
+    defense: List[str] = typer.Option(..., "--defense", "-d", metavar="NAME", help="Defense name (repeatable)."),
+    backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
+    seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", metavar="N", help="Seed (repeatable; default 1)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile (default cpu)."),
+    out: Path = typer.Option(Path("results") / "imported", "--out", "-o", metavar="FOLDER", help="Results folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE",
+                                             help="Settings as for run (file.KEY=VALUE applies to every imported attack)."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Plain lines instead of bars."),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Run MuScleLoRA's released poisoned data (<data>/published/musclelora/, its four attacks) through defenses:
+    one `file` attack per release folder, named file:musclelora-<attack>."""
+    from attacks.imported import musclelora_release
+
+    from .data import resolve_data_dir
+    from .runner import plan, run_grid
+
+    command = _command_line(ctx)
+    try:
+        settings = parse_assignments(set_ or [])
+        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
+        file_settings = settings.pop("file", {})
+        root = resolve_data_dir(data_dir)
+        cells = []
+        for ds in dataset or ["sst2", "hsol"]:
+            for name, folder in musclelora_release(root, ds, attack):
+                chosen = {**settings, "file": {**file_settings, "folder": str(folder), "label": f"musclelora-{name}"}}
+                cells += plan([ds], list(backbone or prof.backbones), ["file"], list(defense), list(seed or [1]), prof,
+                              chosen)
+        summary = run_grid(cells, out, data_dir=data_dir, command=command,
+                           progress="lines" if no_progress else "auto", force=force)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"{summary['ran']} cells run, {summary['skipped']} already recorded, "
+               f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out / 'leaderboard.csv'} and .md")
 
 
 cache_app = typer.Typer(add_completion=False, no_args_is_help=True,

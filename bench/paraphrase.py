@@ -175,13 +175,22 @@ class ParaphraseAttack(Attack):
     """Base of attacks whose trigger is a sentence-level transform (a style, a syntactic template)."""
 
     Config = ParaphraseConfig
-    transforms: tuple[str, ...] = ()  # the transforms this attack accepts
+    transforms: tuple[str, ...] = ()  # the transforms this attack names (its paper's)
+    any_table: bool = False  # True: any table <dataset>/paraphrases/<name>.csv is a usable transform name too
 
-    def _check_transform(self) -> None:
-        if self.transforms and self.config.transform not in self.transforms:
-            raise AttackError(
-                f"{self.name}: transform {self.config.transform!r} is not one of {', '.join(self.transforms)}"
-            )
+    def _check_transform(self, data: TextDataset) -> None:
+        name = self.config.transform
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise AttackError(f"{self.name}: transform {name!r} is not a table name; give the file name of a "
+                              "table in <dataset>/paraphrases/ without .csv, e.g. bible")
+        if not self.transforms or name in self.transforms:
+            return
+        if self.any_table and (self.config.generator or self.table(data) is not None):
+            return
+        folder = data.root / "paraphrases" if data.root else None
+        found = sorted(p.stem for p in folder.glob("*.csv")) if folder and folder.is_dir() else []
+        nor = (f" nor a table in {folder} (found: {', '.join(found) or 'none'})" if self.any_table and folder else "")
+        raise AttackError(f"{self.name}: transform {name!r} is not one of {', '.join(self.transforms)}{nor}")
 
     def table(self, data: TextDataset) -> ParaphraseTable | None:
         if data.root is None:
@@ -203,18 +212,23 @@ class ParaphraseAttack(Attack):
         return out
 
     def available(self, texts, split, data):
-        self._check_transform()
+        self._check_transform(data)
         if self.config.generator:
             out = self._generated(texts, split, data)
             return np.array([bool(o.strip()) and o.strip() != t.strip() for o, t in zip(out, texts)], dtype=bool)
         table = self.table(data)
         if table is None:
             raise self._missing(data, split, "no table and no generator")
+        # Partial coverage is fine (a table may cover only the test rows): rows without a transform are
+        # never poisoned and are counted; too few training candidates fail in `poison` with the rows
+        # named, and a test split with none in the runner's ASR check.
         mapping = table.mapping()
-        avail = np.array([t in mapping for t in texts], dtype=bool)
-        if len(texts) and not avail.any():
-            raise self._missing(data, split, f"{table.path} has no row for any of its {len(texts)} sentences")
-        return avail
+        return np.array([t in mapping for t in texts], dtype=bool)
+
+    def unavailable_hint(self, data: TextDataset) -> str:
+        root = data.root / "paraphrases" if data.root else Path("<dataset folder>/paraphrases")
+        return (f"; add those sentences to {root / (self.config.transform + '.csv')} or set "
+                f"--set {self.name}.generator=PATH_OR_HUB_ID")
 
     def apply(self, texts, split, data, rng):
         if self.config.generator:

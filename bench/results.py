@@ -175,6 +175,9 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
         if col.md and col.fmt:
             shown[col.name] = shown[col.name].map(lambda v, f=formats[col.fmt]: f(v) if pd.notna(v) else "")
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
+    if len(df):
+        lines += summary_markdown(df)
+    lines += ["", "## Every seed", ""]
     lines.append("CACC and ASR in percent. " + (
         "CACC: accuracy on the full clean test set. ASR: share of the non-target test rows, trigger applied, "
         "predicted as the target label. A defense that rejects inputs (-1) loses them for CACC and for the attacker: "
@@ -193,18 +196,72 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     ))
     lines.append("")
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
-    if len(df):
-        lines += ["", "## Mean over seeds", ""]
-        mean = (
-            df.groupby(["dataset", "backbone", "attack", "defense"], sort=True)[METRICS]
-            .agg(["mean", "count"]).reset_index()
-        )
-        mean.columns = ["dataset", "backbone", "attack", "defense", "cacc", "n", "asr", "_n"]
-        mean = mean.drop(columns="_n")
-        mean["cacc"] = mean["cacc"].map(lambda v: f"{100 * v:.2f}")
-        mean["asr"] = mean["asr"].map(lambda v: f"{100 * v:.2f}")
-        lines.append(tabulate(mean, headers="keys", tablefmt="github", showindex=False))
     return "\n".join(lines) + "\n"
+
+
+def _pct(v: object, digits: int = 1) -> str:
+    return f"{100 * v:.{digits}f}" if v is not None and pd.notna(v) else ""
+
+
+def _with_interval(mean: object, lo: object, hi: object, n: int) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    if n < 2 or lo is None or pd.isna(lo):
+        return _pct(mean)
+    return f"{_pct(mean)} ± {100 * (hi - lo) / 2:.1f}"
+
+
+def summary_markdown(df: pd.DataFrame) -> list[str]:
+    """The per-defense summary (sorted by the task score), then the cells over their seeds."""
+    from tabulate import tabulate
+
+    from .scores import CONFIDENCE, MIN_SEEDS, aggregate, summary
+
+    summ = summary(df)
+    few = f"fewer than {MIN_SEEDS} seeds"
+    table = pd.DataFrame({
+        "defense": [d + (" †" if m < MIN_SEEDS else "") for d, m in zip(summ["defense"], summ["min_seeds"])],
+        "score": summ["task_score"].map(_pct),
+        "DER": summ["der"].map(lambda v: f"{v:.3f}" if pd.notna(v) else ""),
+        "mean rank": summ["mean_rank"].map(lambda v: f"{v:.1f}" if pd.notna(v) else ""),
+        "CACC": summ["cacc"].map(_pct), "ASR": summ["asr"].map(_pct),
+        "ASR - untriggered": summ["excess_asr"].map(_pct),
+        "worst attack (ASR)": [f"{a} ({_pct(v)})" if a else "" for a, v in zip(summ["worst_attack"], summ["worst_asr"])],
+        "cells": summ["n_cells"], "min seeds": summ["min_seeds"], "uses clean rows": summ["uses_clean"],
+    })
+    lines = ["## Summary per defense", "",
+             "Means over the cells each defense ran. score: the Anti-BAD task score sqrt(CACC x (100 - ASR)) "
+             "(higher is better). DER: BackdoorBench's rating against `none` on the same cell, [max(0, dASR) - "
+             "max(0, dCACC) + 1] / 2 with dASR = ASR(none) - ASR, dCACC = CACC(none) - CACC (0.5: no change; 1: "
+             "backdoor gone at no clean cost). mean rank: by score among the defenses of each cell (1 = best). "
+             "ASR - untriggered: ASR minus clean_to_target, the backdoor beyond the model's own bias to the "
+             f"target. †: {few} in some cell, so its ordering against a neighbour may be noise.", ""]
+    lines.append(tabulate(table, headers="keys", tablefmt="github", showindex=False))
+    cells = aggregate(df)
+    shown = pd.DataFrame({
+        "dataset": cells["dataset"], "backbone": cells["backbone"], "attack": cells["attack"],
+        "defense": [d + (" †" if n < MIN_SEEDS else "") for d, n in zip(cells["defense"], cells["n_seeds"])],
+        "CACC": [_with_interval(m, lo, hi, n) for m, lo, hi, n in
+                 zip(cells["cacc"], cells["cacc_lo"], cells["cacc_hi"], cells["n_seeds"])],
+        "ASR": [_with_interval(m, lo, hi, n) for m, lo, hi, n in
+                zip(cells["asr"], cells["asr_lo"], cells["asr_hi"], cells["n_seeds"])],
+        "untriggered": cells["clean_to_target"].map(_pct),
+        "score": cells["task_score"].map(_pct),
+        "DER": cells["der"].map(lambda v: f"{v:.3f}" if pd.notna(v) else ""),
+        "seeds": cells["seeds"], "poison rate": cells["poison_rate"], "label regime": cells["label_regime"],
+        "target": cells["target_label"], "triggers": cells["trigger_count"], "settings": cells["settings"],
+    })
+    lines += ["", "## Cells over their seeds", "",
+              f"Mean ± half-width of the {round(100 * CONFIDENCE)} % Student-t interval over seeds (no interval with one "
+              f"seed). †: {few}.", ""]
+    lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
+    dup = cells[cells["duplicate_seed_rows"] > 0]
+    if len(dup):
+        lines += ["", f"Warning: {len(dup)} cell(s) hold more than one record for the same seed (made by different "
+                  "code or defaults, e.g. " + ", ".join(f"{r.attack}/{r.defense}" for r in dup.head(3).itertuples())
+                  + "); their values are averaged per seed. Delete the stale records (their provenance names "
+                  "the commit) or rerun the cell with --force."]
+    return lines
 
 
 def write_leaderboard(out_dir: Path) -> pd.DataFrame:
@@ -214,6 +271,10 @@ def write_leaderboard(out_dir: Path) -> pd.DataFrame:
     out_dir.mkdir(parents=True, exist_ok=True)
     df = records_frame(records)
     write_text_atomic(out_dir / "leaderboard.csv", df.to_csv(index=False))
+    from .scores import aggregate, summary
+
+    write_text_atomic(out_dir / "leaderboard_cells.csv", aggregate(df).to_csv(index=False))
+    write_text_atomic(out_dir / "summary.csv", summary(df).to_csv(index=False))
     commits = sorted({r["provenance"]["git"]["commit"][:10] for r in records})
     notes = [
         f"{len(records)} records in `{out_dir.name}/records/`; this file and leaderboard.csv are rebuilt from them "
@@ -308,15 +369,26 @@ def read_leaderboard_csv(path: str | Path) -> pd.DataFrame:
 
 
 def _over_seeds(df: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    agg = df.groupby(key, sort=True, dropna=False)[METRICS].mean().reset_index()
-    agg["n_seeds"] = df.groupby(key, sort=True, dropna=False).size().to_numpy()
+    groups = df.groupby(key, sort=True, dropna=False)
+    agg = groups[METRICS].mean().reset_index()
+    agg["n_seeds"] = groups.size().to_numpy()
+    for m in METRICS:  # the per-seed values, for the test against seed noise
+        agg[f"_{m}_values"] = [g[m].to_numpy(float) for _, g in groups]
     return agg
+
+
+NOISE_P = 0.05  # a difference is beyond seed noise when Welch's two-sided p-value is below this
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, across_seeds: bool = False
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(joined cells with deltas in points, cells only in a, cells only in b). ``across_seeds``: each
-    file's cells are averaged over their seeds and joined without the seed (``n_seeds_a/_b``)."""
+    file's cells are averaged over their seeds and joined without the seed (``n_seeds_a/_b``), and
+    each delta is tested against the seed noise: ``p_cacc``/``p_asr`` (Welch's t-test over the seeds;
+    empty with fewer than 2 seeds on a side) and ``noise_cacc``/``noise_asr`` ("beyond noise",
+    "within noise", or "untested (1 seed)")."""
+    from .scores import welch_p
+
     key = [c for c in CELL_KEY if c != "seed"] if across_seeds else CELL_KEY
     def as_text(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[key].apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v)))
@@ -326,7 +398,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, across_seeds: bool = False
     b = b.assign(**{c: keys_b[c] for c in key})
     extra: list[str] = []
     if across_seeds:
-        a, b, extra = _over_seeds(a, key), _over_seeds(b, key), ["n_seeds"]
+        a, b = _over_seeds(a, key), _over_seeds(b, key)
+        extra = ["n_seeds"] + [f"_{m}_values" for m in METRICS]
     merged = a[key + METRICS + extra].merge(
         b[key + METRICS + extra], on=key, how="outer", suffixes=("_a", "_b"), indicator=True
     )
@@ -335,14 +408,26 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, across_seeds: bool = False
         both[f"d_{m}"] = 100 * (both[f"{m}_b"] - both[f"{m}_a"])
         both[f"{m}_a"] = 100 * both[f"{m}_a"]
         both[f"{m}_b"] = 100 * both[f"{m}_b"]
+        if across_seeds:
+            ps = [welch_p(x, y) for x, y in zip(both[f"_{m}_values_a"], both[f"_{m}_values_b"])]
+            both[f"p_{m}"] = ps
+            both[f"noise_{m}"] = ["untested (1 seed)" if pd.isna(p) else
+                                  ("beyond noise" if p < NOISE_P else "within noise") for p in ps]
+            both = both.drop(columns=[f"_{m}_values_a", f"_{m}_values_b"])
     only_a = merged[merged["_merge"] == "left_only"][key]
     only_b = merged[merged["_merge"] == "right_only"][key]
     return both.reset_index(drop=True), only_a.reset_index(drop=True), only_b.reset_index(drop=True)
 
 
 def regressions(both: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Cells where B loses more than ``threshold`` points of CACC or gains more than it in ASR."""
-    return both[(both["d_cacc"] < -threshold) | (both["d_asr"] > threshold)]
+    """Cells where B loses more than ``threshold`` points of CACC or gains more than it in ASR. Where
+    the comparison was tested against seed noise, only the changes beyond it count: a gate must not
+    fire on noise. Untested (single-seed) changes count on the threshold alone."""
+    def real(m: str) -> pd.Series:
+        col = f"noise_{m}"
+        return both[col] != "within noise" if col in both else pd.Series(True, index=both.index)
+
+    return both[((both["d_cacc"] < -threshold) & real("cacc")) | ((both["d_asr"] > threshold) & real("asr"))]
 
 
 def provenance(command: str, wall_seconds: float, git: dict | None = None, extra: dict | None = None) -> dict:

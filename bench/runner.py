@@ -10,6 +10,7 @@ skipping those already recorded, with cells that share a victim next to each oth
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -91,7 +92,8 @@ class Cell:
 
     def settings(self) -> str:
         """The settings that differ from the defaults, e.g. ``lora.r=16; profile.epochs=1``."""
-        parts = changed_settings(self.attack.name, self.attack.config, type(self.attack)().config)
+        prefix = getattr(self.attack, "registered_name", self.attack.name)  # what --set names (file, not file:LABEL)
+        parts = changed_settings(prefix, self.attack.config, type(self.attack)().config)
         parts += changed_settings(self.defense.name, self.defense.config, _default_config(self.defense.cls,
                                                                                           self.profile.name))
         parts += changed_settings("profile", self.profile, PROFILES[self.profile.name])
@@ -274,9 +276,8 @@ def prepare(cell: Cell, data: TextDataset) -> Prepared:
     if prof.test_size is not None and prof.test_size < len(data.test):
         idx = stratified_indices(data.test["label"], prof.test_size, 0)  # the same rows for every cell
         data = dataclasses.replace(data, test=data.test.select(idx))
-    train_split = data.train
-    if prof.train_size is not None:
-        train_split = train_split.select(stratified_indices(train_split["label"], prof.train_size, cell.seed))
+    # a stratified train_size slice of the dataset; an imported attack slices its own file (bench/attack.py)
+    train_split = cell.attack.training_rows(data, prof.train_size, cell.seed)
     poisoned = cell.attack.poison(data, cell.seed, train=train_split)
     n_poison = len(poisoned.test_poison)
     if n_poison < MIN_ASR_ROWS:
@@ -331,6 +332,8 @@ def victim_identity(cell: Cell, prep: Prepared, spec: DefenseSpec | None) -> dic
 
 def _filter_stats(keep: np.ndarray, flags: np.ndarray) -> dict:
     removed = ~keep
+    if (flags < 0).any():  # imported rows whose poison flags are unknown: no precision or recall to state
+        return {"n_removed": int(removed.sum()), "filter_precision": None, "filter_recall": None}
     n_removed, n_poison = int(removed.sum()), int(flags.sum())
     hit = int((removed & (flags == 1)).sum())
     return {
@@ -503,7 +506,8 @@ class Evaluator:
         data = data if data is not None else self.data.get(cell.dataset)
         prep = prepare(cell, data)
         stealth = {"ppl_increase": None, "ppl_increase_median": None, "similarity": None, "n_stealth": 0}
-        if cell.profile.stealth_samples > 0:
+        if cell.profile.stealth_samples > 0 and "orig_text" in prep.poisoned.test_poison.column_names:
+            # (an imported poisoned test set without originals has nothing to compare: no stealthiness)
             stealth = stealth_scores(prep.poisoned.test_poison["orig_text"], prep.poisoned.test_poison["text"],
                                      cell.seed, cell.profile.stealth_samples, cell.profile.stealth_lm)
         defense = cell.defense.build()  # a fresh instance: nothing learnt in one cell reaches another
@@ -549,8 +553,8 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
         "dataset": cell.dataset_name, "backbone": cell.backbone_name, "attack": cell.attack.name,
         "defense": cell.defense.name, "seed": cell.seed,
         **{k: metrics[k] for k in ("cacc", "asr", "clean_to_target", "frr", "poison_rejected")},
-        "poison_rate": cell.attack.config.poison_rate, "label_regime": cell.attack.config.label_regime,
-        "target_label": p.target_label, "trigger_count": cell.attack.trigger_count,
+        **cell.attack.stated(p),  # poison_rate, label_regime, trigger_count (imported data: derived, None unknown)
+        "target_label": p.target_label,
         "n_poisoned": counts["n_poisoned"], "n_train": counts["n_train"],
         "n_train_after_defense": counts["n_train_after_defense"], "n_train_added": info.get("n_train_added", 0),
         "filter_precision": info.get("filter_precision"), "filter_recall": info.get("filter_recall"),
@@ -670,15 +674,31 @@ class GridClock:
                 if rate is None:
                     return None
                 left += steps * rate
-            cost = self._rate(self.eval_cost, cell.defense.name)
-            left += cost or 0.0
+            left += self._eval_estimate(cell.defense.name) or 0.0
         return left
+
+    def _eval_estimate(self, name: str) -> float | None:
+        """Seconds a cell of defense ``name`` needs besides training: its own measured mean, else the
+        median over measured defenses of the same kind (training-time or post-training). Not the mean
+        over all: one slow inference-time defense (ONION scores every word) would otherwise be charged
+        to every defense not yet measured, and the estimate ran at twice the real time."""
+        own = self.eval_cost.get(name)
+        if own and own[1]:
+            return own[0] / own[1]
+
+        def kind(n: str) -> bool | None:
+            return registry.get("defense", n).acts_in_training() if registry.has("defense", n) else None
+
+        measured = {k: v[0] / v[1] for k, v in self.eval_cost.items() if v[1]}
+        same = [v for k, v in measured.items() if kind(k) == kind(name)]
+        pool = same or list(measured.values())
+        return float(np.median(pool)) if pool else None
 
 
 def run_grid(
     cells: list[Cell], out_dir: str | Path, data_dir: str | Path | None = None, command: str = "",
     progress: str | bool = "auto", force: bool = False, reuse: list[str | Path] | None = None,
-    store: VictimStore | None = None,
+    store: VictimStore | None = None, executor: Any = None,
 ) -> dict:
     """Run every cell not yet recorded in ``out_dir``; rebuild the leaderboard after each one.
 
@@ -687,6 +707,8 @@ def run_grid(
     before it runs (``OUT/claims``), so several processes on one folder split the work. The run
     writes a "started" line to ``runs.jsonl`` and an end line (finished, interrupted, failed).
     ``progress``: "auto" or True (bars on a terminal, else plain lines), "lines", "bar", "off" or False.
+    ``executor``: None runs the cells here, one after the other; else an object from
+    :mod:`bench.executors` (e.g. Ray) whose ``run`` runs them elsewhere through :func:`run_claimed_cell`.
     """
     from .progress import Reporter, use
 
@@ -701,12 +723,49 @@ def run_grid(
     reporter = Reporter.auto(True) if mode == "auto" else Reporter(mode)
     previous = use(reporter)
     try:
-        return _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store)
+        return _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor)
     finally:
         use(previous)
 
 
-def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) -> dict:
+def run_claimed_cell(ev: Evaluator, cell: Cell, key: str, out_dir: str | Path, *, force: bool = False,
+                     command: str = "", run_id: str = "", replaces: str | None = None,
+                     on_start: Callable[[], None] | None = None,
+                     on_step: Callable[[int, int], None] | None = None) -> tuple[str, dict | None]:
+    """One cell of a grid, as every executor runs it (the local loop, a Ray task): skip it if recorded,
+    claim it, run it, write its record, release the claim.
+
+    Returns ("recorded", None) when ``OUT/records/<key>.json`` exists (unless ``force``), ("claimed",
+    None) when a live run holds the cell's claim, else ("ran", record). ``replaces``: the key the cell
+    was recorded under before (a ``--force`` rerun of an older key; removed once the new record is
+    written). ``on_start`` is called once the claim is held; ``on_step`` at each training step."""
+    out_dir = Path(out_dir)
+    if not force and record_path(out_dir, key).is_file():
+        return "recorded", None
+    claim = try_claim(out_dir, key, cell.label)
+    if claim is None:
+        return "claimed", None
+    try:
+        if on_start is not None:
+            on_start()
+
+        def step(done: int, total: int) -> None:
+            claim.heartbeat()
+            if on_step is not None:
+                on_step(done, total)
+
+        rec = ev.run_cell(cell, on_step=step)
+        rec["provenance"]["command"] = command
+        rec["provenance"]["run_id"] = run_id
+        if replaces and replaces != rec["key"]:
+            record_path(out_dir, replaces).unlink(missing_ok=True)
+        write_json_atomic(record_path(out_dir, rec["key"]), rec)
+    finally:
+        claim.release()
+    return "ran", rec
+
+
+def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor=None) -> dict:
     from .hardware import configure_threads
     from .progress import fmt_seconds
 
@@ -744,7 +803,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
         expected[id(cell)] = _expected_steps(cell, ev.data.get(cell.dataset)) if trains else 0
     clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()])
     run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(2).hex()}"
-    status = {"ran": 0, "claimed_elsewhere": 0}
+    status = {"ran": 0, "claimed_elsewhere": 0, "victims_trained_elsewhere": 0}
     if todo:
         append_run(out_dir, {"event": "started", "run_id": run_id, "command": command, "pid": os.getpid(),
                              "host": platform.node(), "cells_planned": len(cells), "cells_to_run": len(todo),
@@ -755,7 +814,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
     trainings0 = ev.store.trainings
     end = {"event": "finished"}
     bar = None
-    if reporter.mode == "bar":
+    if reporter.mode == "bar" and executor is None:  # an executor reports its cells as lines
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="cells", unit="cell", position=0, dynamic_ncols=True,
@@ -766,46 +825,49 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
         return "ETA after the first training steps" if left is None else f"~{fmt_seconds(left)} left"
 
     try:
-        for i, cell in enumerate(todo, 1):
+        if executor is not None:  # the cells run elsewhere (bench.executors); this process keeps the books
+            with contextlib.closing(executor.run(todo, keys, out_dir, force=force, command=command, run_id=run_id,
+                                                 replaces=done, git=git, data_dir=data_dir,
+                                                 victims=ev.store.root)) as finished:
+                for cell, outcome, rec in finished:
+                    skipped += outcome == "recorded"
+                    status["claimed_elsewhere"] += outcome == "claimed"
+                    if outcome == "ran":
+                        status["ran"] += 1
+                        status["victims_trained_elsewhere"] += bool(rec["row"]["victim_trained_here"])
+                        write_leaderboard(out_dir)
+        for i, cell in enumerate(todo if executor is None else [], 1):
             key = keys[id(cell)]
-            if not force and record_path(out_dir, key).is_file():  # a concurrent run finished it meanwhile
-                skipped += 1
-                clock.observe_cell(cell)
-                continue
-            claim = try_claim(out_dir, key, cell.label)
-            if claim is None:
-                status["claimed_elsewhere"] += 1
-                reporter.line(f"[{i}/{len(todo)}] {cell.label}: another run is computing it (claims/{key}.json)")
-                clock.observe_cell(cell)
-                continue
-            try:
+            c0 = time.perf_counter()
+            steps_t0: list[float] = []
+
+            def on_start(i=i, cell=cell) -> None:
                 if bar is not None:
                     bar.set_postfix_str(f"{eta_text()} | {cell.label}")
                 else:
                     reporter.line(f"[{i}/{len(todo)}] {cell.label}: started ({eta_text()} for the grid)")
-                c0 = time.perf_counter()
-                steps_t0: list[float] = []
 
-                def on_step(step: int, total: int, cell=cell) -> None:
-                    if not steps_t0:
-                        steps_t0.append(time.perf_counter())
-                    clock.current = (id(cell), step)
-                    claim.heartbeat()
-                    if step == total or step % 20 == 0:
-                        if step > 1:
-                            clock.live[clock.trainer(cell)] = [time.perf_counter() - steps_t0[0], step - 1]
-                        if bar is not None:
-                            bar.set_postfix_str(f"{eta_text()} | {cell.label}")
+            def on_step(step: int, total: int, cell=cell) -> None:
+                if not steps_t0:
+                    steps_t0.append(time.perf_counter())
+                clock.current = (id(cell), step)
+                if step == total or step % 20 == 0:
+                    if step > 1:
+                        clock.live[clock.trainer(cell)] = [time.perf_counter() - steps_t0[0], step - 1]
+                    if bar is not None:
+                        bar.set_postfix_str(f"{eta_text()} | {cell.label}")
 
-                rec = ev.run_cell(cell, on_step=on_step)
-                rec["provenance"]["command"] = command
-                rec["provenance"]["run_id"] = run_id
-                old = done.get(rec["key"])
-                if old and old != rec["key"]:  # a --force rerun of a record stored under an older key
-                    record_path(out_dir, old).unlink(missing_ok=True)
-                write_json_atomic(record_path(out_dir, rec["key"]), rec)
-            finally:
-                claim.release()
+            outcome, rec = run_claimed_cell(ev, cell, key, out_dir, force=force, command=command, run_id=run_id,
+                                            replaces=done.get(key), on_start=on_start, on_step=on_step)
+            if outcome == "recorded":  # a concurrent run finished it meanwhile
+                skipped += 1
+                clock.observe_cell(cell)
+                continue
+            if outcome == "claimed":
+                status["claimed_elsewhere"] += 1
+                reporter.line(f"[{i}/{len(todo)}] {cell.label}: another run is computing it (claims/{key}.json)")
+                clock.observe_cell(cell)
+                continue
             write_leaderboard(out_dir)
             status["ran"] += 1
             clock.live.pop(clock.trainer(cell), None)
@@ -828,15 +890,16 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store) 
         if bar is not None:
             bar.close()
         wall = time.perf_counter() - t0
+        trained = ev.store.trainings - trainings0 + status["victims_trained_elsewhere"]  # here and on workers
         if todo:
             append_run(out_dir, {
                 **end, "run_id": run_id, "command": command, "cells_run": status["ran"], "cells_skipped": skipped,
                 "cells_copied": copied, "cells_claimed_elsewhere": status["claimed_elsewhere"],
-                "cells_planned": len(cells), "victims_trained": ev.store.trainings - trainings0,
+                "cells_planned": len(cells), "victims_trained": trained,
                 "wall_seconds": round(wall, 1), "git": git, **threads,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
         if load_records(out_dir) or (out_dir / "leaderboard.csv").is_file():
             write_leaderboard(out_dir)
     return {"ran": status["ran"], "skipped": skipped, "copied": copied, "wall_seconds": wall,
-            "claimed_elsewhere": status["claimed_elsewhere"], "victims_trained": ev.store.trainings - trainings0}
+            "claimed_elsewhere": status["claimed_elsewhere"], "victims_trained": trained}

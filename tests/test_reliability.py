@@ -245,6 +245,15 @@ def test_the_grid_estimate_comes_from_measured_step_costs(toy_dir):
     for c in cells[:4]:
         clock.observe_cell(c)
     left = [c for c in cells[4:]]
-    evaluation = {"none": 10.0, "lora": 0.0, "strip": 5.0}  # strip: the mean of what was measured
+    # strip, not measured yet: the median of the measured post-training defenses (none), not the mean
+    # over all (lora's 0 s evaluation says nothing about an inference-time defense)
+    evaluation = {"none": 10.0, "lora": 0.0, "strip": 10.0}
     assert clock.remaining() == pytest.approx(
         sum(steps[id(c)] * (0.1 if c.defense.name == "lora" else 0.5) + evaluation[c.defense.name] for c in left))
+    # one slow inference-time defense is not charged to the others: with onion measured at 600 s and
+    # none and rap at 10 s, strip's prior is their median (10 s, where the mean would be 207 s), and
+    # lora keeps its own 0 s
+    for name, wall in (("onion", 600.0), ("rap", 10.0)):
+        clock.observe_record({"row": {"defense": name, "victim_trained_here": False},
+                              "provenance": {"wall_seconds": wall}})
+    assert clock._eval_estimate("strip") == 10.0 and clock._eval_estimate("lora") == 0.0
