@@ -8,6 +8,8 @@ tiny random model (``tiny-llama``) gives a random scorer for tests.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -119,24 +121,16 @@ class CausalLMScorer:
         """For each text, the log-probability of each of its tokens given those before it (the
         first one given a start token)."""
         out: list[np.ndarray] = [np.zeros(0)] * len(texts)
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=False)
-        ids_all = enc["input_ids"]
-        order = np.argsort([len(x) for x in ids_all], kind="stable")
-        pad = self.tokenizer.pad_token_id
+        seqs_all = self._encode(texts)
+        order = np.argsort([len(x) for x in seqs_all], kind="stable")
         with progress.stage(f"scoring with {self.name}", len(texts), "sent") as bar:
-            self._score(order, ids_all, pad, out, bar)
+            self._score(order, seqs_all, out, bar)
         return out
 
-    def _score(self, order, ids_all, pad, out, bar) -> None:
+    def _score(self, order, seqs_all, out, bar) -> None:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            seqs = [([self.bos] if self.bos is not None else []) + list(ids_all[i]) for i in idx]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
+            ids, mask = self._pad([seqs_all[i] for i in idx])
             logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
             for j, i in enumerate(idx):
@@ -169,11 +163,20 @@ class CausalLMScorer:
                 bar.update(len(idx))
         return out
 
+    @functools.cached_property
     def _cache_arg(self) -> str:
         # transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns)
-        import inspect
-
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and the attention mask of token-id lists."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):
+            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[j, :len(s)] = 1
+        return ids, mask
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=False)
@@ -186,12 +189,7 @@ class CausalLMScorer:
         pad = self.tokenizer.pad_token_id
         fulls = self._encode([" ".join(ws) for ws in sentences])
         # 1. every whole sentence once: per-position log-softmax rows and the key/value cache
-        width = max(len(s) for s in fulls)
-        ids = torch.full((len(fulls), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(fulls), width), dtype=torch.long)
-        for j, s in enumerate(fulls):
-            ids[j, :len(s)] = torch.tensor(s)
-            mask[j, :len(s)] = 1
+        ids, mask = self._pad(fulls)
         res = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
         logits_full = res.logits.float()  # [B, width, V]
         lse_full = torch.logsumexp(logits_full, -1)  # [B, width]
@@ -242,7 +240,7 @@ class CausalLMScorer:
                 smask[r, plen:plen + len(suffix)] = 1
                 pos[r] = p + torch.arange(slen)
             logits = self.model(input_ids=sids, attention_mask=smask, position_ids=pos, use_cache=True,
-                                **{self._cache_arg(): cache}).logits[:, :-1].float()
+                                **{self._cache_arg: cache}).logits[:, :-1].float()
             tail = logits.gather(-1, sids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
             for r, ((j, v, p, var), h) in enumerate(zip(chunk, head)):
                 n = max(len(var) - p - 1, 0)  # suffix tokens predicted from within the suffix

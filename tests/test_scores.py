@@ -67,7 +67,9 @@ def test_summary_ranks_and_names_the_worst_attack():
                      "asr": 0.1 if attack == "badnets" else 0.4})
         rows.append({"attack": attack, "defense": "bad", "seed": 1, "cacc": 0.5, "asr": 0.9})
     s = summary(_frame(rows))
-    assert list(s["defense"]) == ["good", "none", "bad"] or list(s["defense"]) == ["good", "bad", "none"]
+    # scores: good (0.88*0.9)^.5 and (0.88*0.6)^.5 -> 0.808; bad (0.5*0.1)^.5 -> 0.224; none 0 and 0.3 -> 0.150
+    assert list(s["defense"]) == ["good", "bad", "none"]
+    assert s.set_index("defense").loc["none", "task_score"] == pytest.approx(0.15)
     good = s.set_index("defense").loc["good"]
     assert good["mean_rank"] == 1.0 and good["worst_attack"] == "style" and good["worst_asr"] == 0.4
     assert good["min_seeds"] == 1 and good["n_cells"] == 2
