@@ -425,7 +425,8 @@ def musclelora_release_cmd(
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Run MuScleLoRA's released poisoned data (<data>/published/musclelora/, its four attacks) through defenses:
-    one `file` attack per release folder, named file:musclelora-<attack>."""
+    one `file` attack per release folder, named file:musclelora-<attack>. Unpoisoned training rows whose
+    sentence is in the dataset's dev split are dropped (file.drop_dev_overlap=true; set it false to keep them)."""
     from attacks.imported import musclelora_release
 
     from .data import resolve_data_dir
@@ -435,7 +436,9 @@ def musclelora_release_cmd(
     try:
         settings = parse_assignments(set_ or [])
         prof = get_profile(profile or "cpu", settings.pop("profile", {}))
-        file_settings = settings.pop("file", {})
+        # the release's training files hold sentences of our dev splits (HSOL: 514-520 rows); model
+        # selection must not see rows trained on, so they are dropped unless the user says otherwise
+        file_settings = {"drop_dev_overlap": "true", **settings.pop("file", {})}
         root = resolve_data_dir(data_dir)
         cells = []
         for ds in dataset or ["sst2", "hsol"]:

@@ -235,6 +235,12 @@ class Defense:
         return victim.predict(texts)
 
     # --- helpers ---------------------------------------------------------------------------
+    def resolved_identity(self) -> dict:
+        """What a setting resolves to on this machine when the Config cannot say it and it changes the
+        result (``auto`` picking an optional package, say). Part of the record and victim keys when not
+        empty, so the same command on a machine that resolves it otherwise never reuses these records."""
+        return {}
+
     def schedule(self, settings: Any) -> tuple[float, int]:
         """(learning rate, epochs): the Config's ``learning_rate`` / ``epochs`` when set, else the
         profile's (its ``adapter_learning_rate`` for a parameter-efficient defense)."""

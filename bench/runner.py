@@ -228,6 +228,9 @@ def _defense_identity(spec: DefenseSpec) -> dict:
     ident = {"name": spec.name, "config": config_dict(spec.config)}
     if spec.version != 1:
         ident["version"] = spec.version
+    resolved = spec.build().resolved_identity()
+    if resolved:
+        ident["resolved"] = resolved
     return ident
 
 

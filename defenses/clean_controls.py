@@ -6,7 +6,12 @@ controls, registered like defenses, measure that share with the same rows (the f
 defender's clean rows, the same rows every clean-row defense of a dataset x seed gets):
 
 * ``clean-only``: train on the clean rows alone (every poisoned-set row dropped). It cannot learn a
-  backdoor; its CACC is what the clean rows buy by themselves.
+  backdoor; its CACC is what the clean rows buy by themselves. It trains for as many optimizer steps
+  as plain fine-tuning on the poisoned set would (version 2): each epoch holds the clean rows repeated
+  ``round(n_train / n_clean)`` times. Version 1 took the profile's epochs over the clean rows alone, 36
+  steps for 384 rows under the cpu profile, and stayed near chance on clean dev (SST-2 main job: best epoch 57.4 %),
+  which measured the schedule, not what the rows are worth. ``--set clean-only.match_steps=false``
+  gives the old schedule.
 * ``none+clean``: plain full fine-tuning on the poisoned training set plus the clean rows.
 
 A defense that uses clean rows should beat both to claim the method works. The leaderboard puts
@@ -30,6 +35,8 @@ class CleanRowsConfig:
     # None: the whole defender's budget (profile.clean_size: 384 rows under the cpu profile, the same
     # number musclelora/ga/ga-lora take as their reference set there)
     n_clean: int | None = None
+    # clean-only: repeat the clean rows so an epoch has as many steps as one over the poisoned set
+    match_steps: bool = True
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 1:
@@ -46,12 +53,27 @@ class _CleanRows(Defense):
         return rows
 
 
+def repeats_to_match(n_train: int, n_clean: int) -> int:
+    """How many copies of ``n_clean`` rows make an epoch about as long as one over ``n_train`` rows."""
+    return max(1, round(n_train / max(1, n_clean)))
+
+
 @register("defense", "clean-only")
 class CleanOnly(_CleanRows):
-    """Clean-data control: full fine-tuning on the defender's clean rows alone (no poisoned row)."""
+    """Clean-data control: full fine-tuning on the defender's clean rows alone (no poisoned row), for as
+    many steps as plain fine-tuning on the poisoned set."""
+
+    version = 2  # 2: match_steps (the clean rows repeated to the training set's length per epoch)
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray:
+        self._n_train = len(rows)  # a fresh instance per cell: this never reaches another cell
         return np.zeros(len(rows), dtype=bool)
+
+    def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
+        rows = super().add_train(ctx)
+        copies = repeats_to_match(getattr(self, "_n_train", len(rows)), len(rows)) if self.config.match_steps else 1
+        ctx.log(clean_row_copies=copies)
+        return datasets.concatenate_datasets([rows] * copies) if copies > 1 else rows
 
 
 @register("defense", "none+clean")

@@ -213,6 +213,14 @@ class Cube(Defense):
 
     Config = CubeConfig
 
+    def resolved_identity(self) -> dict:
+        # reducer=auto is PCA without umap-learn and UMAP with it: the key says which. PCA, what every
+        # record made so far used (no machine that made them had umap-learn), adds nothing, so those
+        # keys stay as they were.
+        if self.config.reducer == "auto" and resolve_reducer("auto") == "umap":
+            return {"reducer": "umap"}
+        return {}
+
     def select_train(self, rows, ctx: DefenseContext) -> np.ndarray:
         c = self.config
         victim = ctx.plain_victim()  # the model trained on the poisoned set

@@ -18,11 +18,16 @@ RoBERTa-base on SST-2), which this defense reproduces:
   initialisation, from a generator seeded by the cell's seed;
 * learning rate 3e-4, below the usual LoRA rates.
 
-Scaled to our profiles: the learning rate defaults to ``lr_scale`` x the profile's adapter learning rate
-(0.3: 3e-4 under the cpu profile, exactly the authors' value) and the epochs to half the profile's,
-rounded up (2 of the cpu profile's 3) -- always below what ``lora`` gets on the same profile, as the
-paper's "lower learning rate, fewer epochs" asks. ``--set moderate-fitting.learning_rate=...`` /
-``epochs=...`` set them outright.
+Scaled to our profiles: the epochs default to half the profile's, rounded up (2 of the cpu profile's 3),
+and the learning rate to ``lr_scale`` x the profile's adapter learning rate (0.3: the authors' 3e-4 at
+an adapter rate of 1e-3), except under the ``cpu`` profile, where it is 3e-3. The authors' 3e-4 left the
+model at chance on clean dev there (SST-2 BadNets, 1500 rows, 94 steps: 50.4 % against ``lora``'s
+83.0 %): their schedule has several times more steps (the full SST-2 training set). 3e-3 was chosen on
+clean dev only, by a rule declared before the runs: the lowest of 3e-4, 1e-3, 3e-3, 1e-2 whose clean
+dev accuracy is within 5 points of ``lora``'s (50.4, 50.6, 79.5, 82.6 %; ``results/tuning-protocol/``).
+It is above ``lora``'s rate: through the 2-wide generator a step moves far less than a LoRA step does,
+so "a lower learning rate" does not carry over as a number. ``--set moderate-fitting.learning_rate=...``
+/ ``epochs=...`` set them outright.
 
 Deviation: the authors' code also generates the classification head's weights from the first network;
 here the head trains directly, as ``--set moderate-fitting.train_head=false`` would freeze it
@@ -169,6 +174,8 @@ class ModerateFitting(Defense):
 
     Config = ModerateFittingConfig
     parameter_efficient = True
+    # chosen on clean dev (see the module docstring); the user's --set overrides it
+    profile_defaults = {"cpu": {"learning_rate": 3e-3}}
 
     def schedule(self, settings: Any) -> tuple[float, int]:
         c = self.config

@@ -22,6 +22,12 @@ Parameters (one :class:`PrefixKV` per attention module, named ``...attention.sel
 head_dim]`` each, drawn from N(0, ``init_std``) with a generator seeded by the cell's seed (PEFT's
 prefix encoder without projection draws its embedding from N(0, 1), the default here). No
 reparameterisation MLP (PEFT's ``prefix_projection=False`` default).
+
+Learning rate: the profile's adapter rate (1e-3 under ``cpu``) left prefix tuning near chance on clean
+dev (SST-2 BadNets, 1500 rows, 141 steps: 55.3 %); prefix tuning is known to need rates well above
+LoRA's (P-Tuning v2 searches 5e-3 to 1e-2 and up). Under the ``cpu`` profile it is 3e-2, chosen on clean
+dev only by a rule declared before the runs: the highest clean dev accuracy among 1e-3, 5e-3, 1e-2,
+3e-2 (55.3, 68.2, 74.4, 81.4 %; ``results/tuning-protocol/``). 3e-2 is the edge of that grid.
 """
 
 from __future__ import annotations
@@ -152,6 +158,8 @@ class Prefix(Defense):
 
     Config = PrefixConfig
     parameter_efficient = True
+    # chosen on clean dev (see the module docstring); the user's --set overrides it
+    profile_defaults = {"cpu": {"learning_rate": 3e-2}}
 
     def prepare_model(self, loaded: LoadedModel, ctx: DefenseContext):
         c = self.config

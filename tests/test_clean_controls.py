@@ -12,20 +12,29 @@ from bench.runner import DataCache, plan, run_cell
 from bench.victim import VictimStore
 
 
-def _run(defense, toy_dir, tmp_path, **profile):
+def _run(defense, toy_dir, tmp_path, settings=None, **profile):
     prof = get_profile("smoke", {"epochs": "1", **{k: str(v) for k, v in profile.items()}})
     cell = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], [defense], [1], prof,
-                {"badnets": {"label_regime": "mixed"}})[0]
+                {"badnets": {"label_regime": "mixed"}, **(settings or {})})[0]
     return run_cell(cell, store=VictimStore(tmp_path / defense), data=DataCache().get(str(toy_dir)))
 
 
-def test_clean_only_trains_on_the_clean_rows_alone(toy_dir, tmp_path):
+def test_clean_only_trains_on_the_clean_rows_alone_for_as_many_steps_as_plain_training(toy_dir, tmp_path):
     rec = _run("clean-only", toy_dir, tmp_path, clean_size=40)
     row, info = rec["row"], rec["training"]
-    assert row["n_train_after_defense"] == 40 and row["n_train_added"] == 40
-    assert row["n_clean_used"] == 40 and row["uses_clean"]
+    copies = round(row["n_train"] / 40)
+    assert copies > 1 and info["training_stats"]["clean_row_copies"] == copies
+    assert row["n_train_after_defense"] == row["n_train_added"] == 40 * copies
+    assert row["n_clean_used"] == 40 and row["uses_clean"]  # 40 distinct rows, however often repeated
     assert row["filter_recall"] == 1.0  # every poisoned row is gone with the rest
     assert info["training_stats"]["clean_rows_trained_on"] == 40
+    plain = _run("none", toy_dir, tmp_path, clean_size=40)["training"]
+    assert abs(info["steps"] - plain["steps"]) <= plain["steps"] * 40 / row["n_train"] + 1
+
+
+def test_clean_only_without_step_matching_takes_each_clean_row_once_per_epoch(toy_dir, tmp_path):
+    rec = _run("clean-only", toy_dir, tmp_path, {"clean-only": {"match_steps": False}}, clean_size=40)
+    assert rec["row"]["n_train_after_defense"] == 40 and rec["training"]["training_stats"]["clean_row_copies"] == 1
 
 
 def test_none_plus_clean_adds_the_clean_rows_to_the_poisoned_set(toy_dir, tmp_path):

@@ -282,3 +282,19 @@ def test_the_three_filters_are_registered_with_a_description():
         cls = registry.get("defense", name)
         assert cls.acts_in_training()  # a filter trains its own victim on the kept rows
         assert registry._first_line(cls.__doc__)
+
+
+def test_cube_auto_reducer_keys_records_by_what_it_resolved_to(monkeypatch):
+    """reducer=auto means UMAP on a machine with umap-learn and PCA without: the two must never share a
+    record or a victim, so the resolved reducer is part of the key (PCA's key is the one made before)."""
+    import defenses.cube as cube
+    from bench.runner import DefenseSpec, _defense_identity
+
+    spec = DefenseSpec(registry.get("defense", "cube"), CubeConfig())
+    monkeypatch.setattr(cube, "umap_available", lambda: False)
+    pca = _defense_identity(spec)
+    monkeypatch.setattr(cube, "umap_available", lambda: True)
+    umap = _defense_identity(spec)
+    assert "resolved" not in pca and umap["resolved"] == {"reducer": "umap"}
+    explicit = _defense_identity(DefenseSpec(spec.cls, build_config(CubeConfig, {"reducer": "umap"})))
+    assert "resolved" not in explicit  # an explicit reducer is in the config already

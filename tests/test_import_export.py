@@ -357,6 +357,11 @@ def test_cli_export_and_the_release_helper(toy_dir, tmp_path, monkeypatch):
     names = sorted({c.attack.name for c in seen["cells"]})
     assert names == [f"file:musclelora-{a}" for a in ("addsent", "badnets", "stylebkd", "synbkd")]
     assert len(seen["cells"]) == 8 and str(seen["out"]) == "results/imported"
+    # model selection never sees a training row: the release's dev-split sentences are dropped by default
+    assert all(c.attack.config.drop_dev_overlap for c in seen["cells"])
+    r = runner.invoke(app, ["musclelora-release", "--dataset", "sst2", "-a", "badnets", "-d", "none", "--set",
+                            "file.drop_dev_overlap=false", "--data-dir", str(SHARED_DATA)])
+    assert r.exit_code == 0 and not any(c.attack.config.drop_dev_overlap for c in seen["cells"])
 
 
 # --- paraphrase tables ------------------------------------------------------------------------------
