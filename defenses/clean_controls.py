@@ -35,13 +35,18 @@ class CleanRowsConfig:
     # None: the whole defender's budget (profile.clean_size: 384 rows under the cpu profile, the same
     # number musclelora/ga/ga-lora take as their reference set there)
     n_clean: int | None = None
-    # clean-only: repeat the clean rows so an epoch has as many steps as one over the poisoned set
-    match_steps: bool = True
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 1:
             raise ConfigError(f"n_clean={self.n_clean}: give >= 1 clean rows (e.g. --set clean-only.n_clean=384), "
                               "or leave it unset for the whole defender's budget")
+
+
+@dataclass(frozen=True)
+class CleanOnlyConfig(CleanRowsConfig):
+    # repeat the clean rows so an epoch has as many steps as one over the poisoned set (its own class, so
+    # none+clean's config, and the keys of its records, stay as they were)
+    match_steps: bool = True
 
 
 class _CleanRows(Defense):
@@ -63,6 +68,7 @@ class CleanOnly(_CleanRows):
     """Clean-data control: full fine-tuning on the defender's clean rows alone (no poisoned row), for as
     many steps as plain fine-tuning on the poisoned set."""
 
+    Config = CleanOnlyConfig
     version = 2  # 2: match_steps (the clean rows repeated to the training set's length per epoch)
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray:

@@ -66,3 +66,12 @@ def test_a_defense_that_keeps_and_adds_nothing_is_refused(toy_dir, tmp_path):
             _run("test-nothing", toy_dir, tmp_path)
     finally:
         registry._ENTRIES["defense"].pop("test-nothing")
+
+
+def test_none_plus_clean_keeps_its_record_keys():
+    """clean-only's step matching is its own setting: none+clean's config, and so the keys of its
+    records (three seeds in results/leaderboard), must not change with it."""
+    from bench.config import config_dict
+
+    cfg = config_dict(registry.get("defense", "none+clean").Config())
+    assert cfg == {"n_clean": None} and registry.get("defense", "none+clean").version == 1
