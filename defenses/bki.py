@@ -24,7 +24,13 @@ set, is the auxiliary model):
    (a trigger planted in hundreds of rows) over one that shakes a single sentence; a word suspicious
    in one sentence only scores 0.
 4. The ``top_k`` words by ``g`` (positive scores only; ties broken by the word) are the backdoor
-   keywords, and **every** training row containing any of them is removed.
+   keywords, and **every** training row containing any of them is removed. Two guards (version 2),
+   both on what the defender sees: a word found in more than ``max_row_share`` (0.5) of the training
+   rows is never a keyword (a minority poison's trigger cannot be in most rows, while punctuation
+   can: version 1 named "." on SST-2 AddSent and removed 1438 of 1500 rows), and a keyword must score
+   at least ``min_score_ratio`` (0.5) of the top keyword's ``g``, so a clear trigger does not take
+   four ordinary words' rows with it. Both were set from these two arguments, not from any test
+   number; ``--set bki.max_row_share=1 --set bki.min_score_ratio=0`` gives version 1.
 
 ``top_k`` defaults to 5, a stated choice not tuned on any result: the paper identifies a single
 keyword (and OpenBackdoor's port removes only the rows that have that one word among their five
@@ -87,8 +93,14 @@ class BkiConfig:
     min_rows: int = 5  # only words found in at least this many training rows are scored (cost)
     norm: Literal["inf", "l2"] = "inf"  # the norm of h(s) - h(s without w)
     layer: int = -1  # which hidden layer is pooled (-1: the last, the one the classifier reads)
+    max_row_share: float = 0.5  # a word in more than this share of the training rows is never a keyword
+    min_score_ratio: float = 0.5  # a keyword scores at least this share of the top keyword's g
 
     def validate(self) -> None:
+        for name in ("max_row_share", "min_score_ratio"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"bki.{name} must be in [0, 1], got {v} (e.g. --set bki.{name}=0.5)")
         if self.top_k < 1:
             raise ConfigError(f"bki.top_k must be >= 1, got {self.top_k} (e.g. --set bki.top_k=5)")
         if self.per_sentence < 1:
@@ -172,10 +184,24 @@ def keyword_scores(deltas: list[dict[str, float]], per_sentence: int = 5) -> dic
     return {w: (n, total[w] / n, total[w] / n * math.log(n)) for w, n in count.items()}
 
 
-def select_keywords(scores: dict[str, tuple[int, float, float]], top_k: int) -> list[str]:
-    """The ``top_k`` words with the highest positive ``g`` (ties: alphabetical)."""
-    ranked = sorted((w for w, s in scores.items() if s[2] > 0), key=lambda w: (-scores[w][2], w))
-    return ranked[:top_k]
+def select_keywords(scores: dict[str, tuple[int, float, float]], top_k: int, min_score_ratio: float = 0.0,
+                    row_share: dict[str, float] | None = None, max_row_share: float = 1.0) -> list[str]:
+    """The ``top_k`` words with the highest positive ``g`` (ties: alphabetical), leaving out the words
+    found in more than ``max_row_share`` of the rows (``row_share``) and those scoring below
+    ``min_score_ratio`` x the best remaining ``g``."""
+    share = row_share or {}
+    ranked = sorted((w for w, s in scores.items() if s[2] > 0 and share.get(w, 0.0) <= max_row_share),
+                    key=lambda w: (-scores[w][2], w))
+    if not ranked:
+        return []
+    floor = min_score_ratio * scores[ranked[0]][2]
+    return [w for w in ranked[:top_k] if scores[w][2] >= floor]
+
+
+def row_shares(texts: list[str]) -> dict[str, float]:
+    """Each lowercased word's share of the rows holding it."""
+    df = Counter(w for t in texts for w in {x.lower() for x in words_of(t)})
+    return {w: n / max(1, len(texts)) for w, n in df.items()}
 
 
 def rows_without(texts: list[str], keywords: list[str]) -> np.ndarray:
@@ -185,19 +211,24 @@ def rows_without(texts: list[str], keywords: list[str]) -> np.ndarray:
 
 
 def bki_mask(texts: list[str], represent: Callable[[list[str]], np.ndarray], top_k: int = 5, per_sentence: int = 5,
-             min_rows: int = 5, norm: str = "inf") -> tuple[np.ndarray, dict]:
+             min_rows: int = 5, norm: str = "inf", max_row_share: float = 1.0,
+             min_score_ratio: float = 0.0) -> tuple[np.ndarray, dict]:
     """(keep-mask over ``texts``, statistics): the whole method on a representation function."""
     start = time.perf_counter()
     texts = list(texts)
     candidates = candidate_words(texts, min_rows)
     deltas, passes = word_deltas(texts, represent, candidates, norm)
     scores = keyword_scores(deltas, per_sentence)
-    keywords = select_keywords(scores, top_k)
+    shares = row_shares(texts)
+    keywords = select_keywords(scores, top_k, min_score_ratio, shares, max_row_share)
     keep = rows_without(texts, keywords)
     stats = {
         "keywords": [{"word": w, "n": scores[w][0], "mean_delta": round(scores[w][1], 6),
                       "score": round(scores[w][2], 6), "rows": int((~rows_without(texts, [w])).sum())}
                      for w in keywords],
+        # the plain top_k words that the two guards left out: the defender's view of what was spared
+        "not_keywords": [{"word": w, "score": round(scores[w][2], 6), "row_share": round(shares.get(w, 0.0), 4)}
+                         for w in select_keywords(scores, top_k) if w not in keywords],
         "candidate_words": len(candidates),
         "forward_passes": passes,
         "rows_removed": int((~keep).sum()),
@@ -211,6 +242,7 @@ class Bki(Defense):
     """BKI: drop training rows holding the top-5 words whose deletion moves the poisoned model's representation most."""
 
     Config = BkiConfig
+    version = 2  # 2: max_row_share and min_score_ratio guard the keyword list
 
     def select_train(self, rows, ctx: DefenseContext) -> np.ndarray:
         c = self.config
@@ -219,7 +251,8 @@ class Bki(Defense):
         def represent(texts: list[str]) -> np.ndarray:
             return victim.hidden_states(texts, layer=c.layer)
 
-        keep, stats = bki_mask(list(rows["text"]), represent, c.top_k, c.per_sentence, c.min_rows, c.norm)
+        keep, stats = bki_mask(list(rows["text"]), represent, c.top_k, c.per_sentence, c.min_rows, c.norm,
+                               c.max_row_share, c.min_score_ratio)
         if not keep.any():  # the keywords are in every row: nothing to train on, so filter nothing
             stats["fallback"] = "the keywords were in every row; kept all rows"
             keep = np.ones(len(keep), dtype=bool)

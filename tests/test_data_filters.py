@@ -91,6 +91,26 @@ def test_bki_removes_the_rows_of_every_one_of_four_trigger_words():
     assert stats["forward_passes"] > len(texts) and stats["rows_removed"] == int((~keep).sum())
 
 
+def test_bki_never_names_a_word_found_in_most_rows_nor_a_weak_runner_up():
+    """Version 2's guards: a word in most rows (punctuation) cannot be a minority poison's trigger, and
+    removing its rows would remove the training set (v1 named "." on SST-2 AddSent: 1438 of 1500 rows
+    gone); words far below the top keyword stay. With the guards off, v1's list comes back."""
+    texts, labels, trig = _one_trigger_per_row()
+    texts = [t + " ." for t in texts]  # "." in every row, moving the representation more than a trigger
+
+    def represent(batch):
+        base = fake_represent([t.replace(" .", "") for t in batch])
+        return np.hstack([base, np.array([[8.0 if " ." in t else 0.0] for t in batch])])
+
+    keep, stats = bki_mask(texts, represent, top_k=5, max_row_share=0.5, min_score_ratio=0.5)
+    assert [k["word"] for k in stats["keywords"]] == sorted(TRIGGERS)  # the four triggers, nothing else
+    assert [k["word"] for k in stats["not_keywords"]] == ["."]
+    clean = np.array([x is None for x in trig])
+    assert keep[clean].all() and not keep[~clean].any()
+    keep_v1, stats_v1 = bki_mask(texts, represent, top_k=5)
+    assert stats_v1["keywords"][0]["word"] == "." and not keep_v1.any()
+
+
 def test_bki_with_a_single_keyword_misses_three_of_the_four_triggers():
     texts, labels, trig = _one_trigger_per_row()
     keep, stats = bki_mask(texts, fake_represent, top_k=1)
@@ -259,6 +279,7 @@ def test_cube_umap_path_removes_the_poisoned_cluster():
 
 @pytest.mark.parametrize("cls,values,field", [
     (BkiConfig, {"top_k": 0}, "bki.top_k"),
+    (BkiConfig, {"max_row_share": 1.5}, "bki.max_row_share"),
     (BkiConfig, {"min_rows": 0}, "bki.min_rows"),
     (ZDefenseConfig, {"lambda_std": 0}, "zdefense.lambda_std"),
     (ZDefenseConfig, {"max_ngram": 0}, "zdefense.max_ngram"),
