@@ -115,9 +115,15 @@ def words_of(text: str) -> list[str]:
     return str(text).split()
 
 
-def candidate_words(texts: list[str], min_rows: int = 1) -> set[str]:
-    """The lowercased words found in at least ``min_rows`` of ``texts``."""
-    df = Counter(w for t in texts for w in {x.lower() for x in words_of(t)})
+def row_counts(texts: list[str]) -> Counter:
+    """How many of ``texts`` hold each lowercased word (at least once)."""
+    return Counter(w for t in texts for w in {x.lower() for x in words_of(t)})
+
+
+def candidate_words(texts: list[str], min_rows: int = 1, counts: Counter | None = None) -> set[str]:
+    """The lowercased words found in at least ``min_rows`` of ``texts`` (``counts``: their
+    :func:`row_counts`, when already at hand)."""
+    df = row_counts(texts) if counts is None else counts
     return {w for w, n in df.items() if n >= min_rows}
 
 
@@ -198,12 +204,6 @@ def select_keywords(scores: dict[str, tuple[int, float, float]], top_k: int, min
     return [w for w in ranked[:top_k] if scores[w][2] >= floor]
 
 
-def row_shares(texts: list[str]) -> dict[str, float]:
-    """Each lowercased word's share of the rows holding it."""
-    df = Counter(w for t in texts for w in {x.lower() for x in words_of(t)})
-    return {w: n / max(1, len(texts)) for w, n in df.items()}
-
-
 def rows_without(texts: list[str], keywords: list[str]) -> np.ndarray:
     """Keep-mask: True for the rows holding none of ``keywords`` (whitespace words, lowercased)."""
     bad = set(keywords)
@@ -216,15 +216,16 @@ def bki_mask(texts: list[str], represent: Callable[[list[str]], np.ndarray], top
     """(keep-mask over ``texts``, statistics): the whole method on a representation function."""
     start = time.perf_counter()
     texts = list(texts)
-    candidates = candidate_words(texts, min_rows)
+    counts = row_counts(texts)  # one pass over the rows: the candidates, the shares and each keyword's rows
+    candidates = candidate_words(texts, min_rows, counts)
     deltas, passes = word_deltas(texts, represent, candidates, norm)
     scores = keyword_scores(deltas, per_sentence)
-    shares = row_shares(texts)
+    shares = {w: n / max(1, len(texts)) for w, n in counts.items()}
     keywords = select_keywords(scores, top_k, min_score_ratio, shares, max_row_share)
     keep = rows_without(texts, keywords)
     stats = {
         "keywords": [{"word": w, "n": scores[w][0], "mean_delta": round(scores[w][1], 6),
-                      "score": round(scores[w][2], 6), "rows": int((~rows_without(texts, [w])).sum())}
+                      "score": round(scores[w][2], 6), "rows": counts[w]}
                      for w in keywords],
         # the plain top_k words that the two guards left out: the defender's view of what was spared
         "not_keywords": [{"word": w, "score": round(scores[w][2], 6), "row_share": round(shares.get(w, 0.0), 4)}
