@@ -124,6 +124,9 @@ def run(
     ),
     no_progress: bool = typer.Option(
         False, "--no-progress", help="No bars: plain lines per cell and epoch, with elapsed time and what remains."),
+    keep_going: bool = typer.Option(
+        False, "--keep-going", help="A cell that fails is logged in runs.jsonl and skipped; the others still run "
+                                    "(exit status 1 at the end). Default: the first failure stops the run."),
     executor: str = typer.Option("local", "--executor", metavar="local|ray",
                                  help="Where cells run: local (this process, one after the other) or ray (Ray tasks; "
                                       "pip install 'bench[ray]')."),
@@ -181,7 +184,7 @@ def run(
         out_dir = out or Path("results") / prof.name
         summary = run_grid(cells, out_dir, data_dir=data_dir, command=command,
                            progress="lines" if no_progress else "auto", force=force, reuse=reuse,
-                           executor=runs_on)
+                           executor=runs_on, keep_going=keep_going)
     except USER_ERRORS as e:
         _fail(e)
     elsewhere = f", {summary['claimed_elsewhere']} left to a concurrent run" if summary["claimed_elsewhere"] else ""
@@ -189,6 +192,12 @@ def run(
         f"{summary['ran']} cells run, {summary['skipped']} already recorded, {summary['copied']} copied{elsewhere}, "
         f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out_dir / 'leaderboard.csv'} and .md"
     )
+    if summary.get("failed"):
+        typer.echo(f"{len(summary['failed'])} cell(s) failed (--keep-going; errors and tracebacks in "
+                   f"{out_dir / 'runs.jsonl'}):", err=True)
+        for f in summary["failed"]:
+            typer.echo(f"  {f['cell']}: {f['error']}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -701,7 +702,7 @@ class GridClock:
 def run_grid(
     cells: list[Cell], out_dir: str | Path, data_dir: str | Path | None = None, command: str = "",
     progress: str | bool = "auto", force: bool = False, reuse: list[str | Path] | None = None,
-    store: VictimStore | None = None, executor: Any = None,
+    store: VictimStore | None = None, executor: Any = None, keep_going: bool = False,
 ) -> dict:
     """Run every cell not yet recorded in ``out_dir``; rebuild the leaderboard after each one.
 
@@ -712,6 +713,8 @@ def run_grid(
     ``progress``: "auto" or True (bars on a terminal, else plain lines), "lines", "bar", "off" or False.
     ``executor``: None runs the cells here, one after the other; else an object from
     :mod:`bench.executors` (e.g. Ray) whose ``run`` runs them elsewhere through :func:`run_claimed_cell`.
+    ``keep_going`` (local executor): a cell that raises is written to ``runs.jsonl`` ("cell_failed", with
+    its error), its claim released, and the grid goes on; the summary's ``failed`` lists those cells.
     """
     from .progress import Reporter, use
 
@@ -726,7 +729,10 @@ def run_grid(
     reporter = Reporter.auto(True) if mode == "auto" else Reporter(mode)
     previous = use(reporter)
     try:
-        return _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor)
+        if keep_going and executor is not None:
+            raise ConfigError("--keep-going works with the local executor only; leave it out with --executor ray "
+                              "(a failed Ray task stops the run; rerun it to resume)")
+        return _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor, keep_going)
     finally:
         use(previous)
 
@@ -768,7 +774,8 @@ def run_claimed_cell(ev: Evaluator, cell: Cell, key: str, out_dir: str | Path, *
     return "ran", rec
 
 
-def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor=None) -> dict:
+def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor=None,
+              keep_going=False) -> dict:
     from .hardware import configure_threads
     from .progress import fmt_seconds
 
@@ -807,6 +814,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
     clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()])
     run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(2).hex()}"
     status = {"ran": 0, "claimed_elsewhere": 0, "victims_trained_elsewhere": 0}
+    failed: list[dict] = []
     if todo:
         append_run(out_dir, {"event": "started", "run_id": run_id, "command": command, "pid": os.getpid(),
                              "host": platform.node(), "cells_planned": len(cells), "cells_to_run": len(todo),
@@ -860,8 +868,20 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
                     if bar is not None:
                         bar.set_postfix_str(f"{eta_text()} | {cell.label}")
 
-            outcome, rec = run_claimed_cell(ev, cell, key, out_dir, force=force, command=command, run_id=run_id,
-                                            replaces=done.get(key), on_start=on_start, on_step=on_step)
+            try:
+                outcome, rec = run_claimed_cell(ev, cell, key, out_dir, force=force, command=command, run_id=run_id,
+                                                replaces=done.get(key), on_start=on_start, on_step=on_step)
+            except Exception as e:
+                if not keep_going:
+                    raise
+                error = f"{type(e).__name__}: {str(e)[:300]}"
+                failed.append({"cell": cell.label, "key": key, "error": error})
+                append_run(out_dir, {"event": "cell_failed", "run_id": run_id, "cell": cell.label, "key": key,
+                                     "error": error, "traceback": traceback.format_exc()[-4000:]})
+                reporter.line(f"[{i}/{len(todo)}] {cell.label}: FAILED ({error}); --keep-going: on to the next cell "
+                              f"(traceback in {out_dir / 'runs.jsonl'})")
+                clock.observe_cell(cell)
+                continue
             if outcome == "recorded":  # a concurrent run finished it meanwhile
                 skipped += 1
                 clock.observe_cell(cell)
@@ -898,11 +918,11 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
             append_run(out_dir, {
                 **end, "run_id": run_id, "command": command, "cells_run": status["ran"], "cells_skipped": skipped,
                 "cells_copied": copied, "cells_claimed_elsewhere": status["claimed_elsewhere"],
-                "cells_planned": len(cells), "victims_trained": trained,
+                "cells_planned": len(cells), "victims_trained": trained, "cells_failed": len(failed),
                 "wall_seconds": round(wall, 1), "git": git, **threads,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
         if load_records(out_dir) or (out_dir / "leaderboard.csv").is_file():
             write_leaderboard(out_dir)
     return {"ran": status["ran"], "skipped": skipped, "copied": copied, "wall_seconds": wall,
-            "claimed_elsewhere": status["claimed_elsewhere"], "victims_trained": trained}
+            "claimed_elsewhere": status["claimed_elsewhere"], "victims_trained": trained, "failed": failed}

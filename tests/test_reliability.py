@@ -257,3 +257,39 @@ def test_the_grid_estimate_comes_from_measured_step_costs(toy_dir):
         clock.observe_record({"row": {"defense": name, "victim_trained_here": False},
                               "provenance": {"wall_seconds": wall}})
     assert clock._eval_estimate("strip") == 10.0 and clock._eval_estimate("lora") == 0.0
+
+
+def test_keep_going_logs_a_failing_cell_and_runs_the_others(toy_dir, tmp_path, monkeypatch):
+    from bench import runner as runner_mod
+
+    prof = get_profile("smoke")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "lora"], [1], prof)
+    real = runner_mod.Evaluator.run_cell
+
+    def lora_breaks(self, cell, **k):
+        if cell.defense.name == "lora":
+            raise RuntimeError("lora broke")
+        return real(self, cell, **k)
+
+    monkeypatch.setattr(runner_mod.Evaluator, "run_cell", lora_breaks)
+    out = tmp_path / "out"
+    summary = run_grid(cells, out, progress=False, keep_going=True)
+    assert summary["ran"] == 1 and [f["error"] for f in summary["failed"]] == ["RuntimeError: lora broke"]
+    assert [r["row"]["defense"] for r in runner_mod.load_records(out)] == ["none"]
+    assert not any((out / "claims").glob("*.json"))  # the failed cell's claim was released: a rerun retries it
+    lines = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    failed = [x for x in lines if x["event"] == "cell_failed"]
+    assert len(failed) == 1 and "lora broke" in failed[0]["traceback"] and lines[-1]["cells_failed"] == 1
+    with pytest.raises(RuntimeError, match="lora broke"):  # without --keep-going the first failure stops the run
+        run_grid(cells, tmp_path / "out2", progress=False)
+
+
+def test_a_copied_tree_states_the_commit_it_came_from(monkeypatch, tmp_path):
+    from bench import results
+
+    monkeypatch.setattr(results, "PROJECT_ROOT", tmp_path)  # no git checkout here
+    monkeypatch.setenv("BENCH_SOURCE_COMMIT", "abc123")
+    monkeypatch.setenv("BENCH_SOURCE_DIRTY", "0")
+    assert results.git_state() == {"commit": "abc123", "dirty": False, "from": "BENCH_SOURCE_COMMIT"}
+    monkeypatch.delenv("BENCH_SOURCE_COMMIT")
+    assert results.git_state()["commit"] == "unknown"
