@@ -85,12 +85,13 @@ def git_state() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    commit = git("rev-parse", "HEAD")
-    if not commit and os.environ.get("BENCH_SOURCE_COMMIT"):
-        # a copy of the tree without its .git (a cluster worker, a rented GPU machine): the commit it was
-        # copied from, as the copier states it; "copied" says it was not read from git here
+    if os.environ.get("BENCH_SOURCE_COMMIT"):
+        # a copy of the tree (a cluster worker, a rented GPU machine): the commit it was copied from, as the
+        # copier states it. It wins over git here, because a copied tree may carry a stale .git (one such
+        # machine's .git said the session's first commit while the tree held a later one)
         dirty = os.environ.get("BENCH_SOURCE_DIRTY", "").lower() in ("1", "true", "yes")
         return {"commit": os.environ["BENCH_SOURCE_COMMIT"], "dirty": dirty, "from": "BENCH_SOURCE_COMMIT"}
+    commit = git("rev-parse", "HEAD")
     # results/ holds outputs (records, leaderboards), not code: a run writing there does not make the tree dirty
     dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")) if commit else None
     return {"commit": commit or "unknown", "dirty": dirty}

@@ -287,8 +287,10 @@ def test_keep_going_logs_a_failing_cell_and_runs_the_others(toy_dir, tmp_path, m
 def test_a_copied_tree_states_the_commit_it_came_from(monkeypatch, tmp_path):
     from bench import results
 
+    monkeypatch.setenv("BENCH_SOURCE_COMMIT", "abc123")  # wins over this checkout's own git
+    monkeypatch.setenv("BENCH_SOURCE_DIRTY", "1")
+    assert results.git_state() == {"commit": "abc123", "dirty": True, "from": "BENCH_SOURCE_COMMIT"}
     monkeypatch.setattr(results, "PROJECT_ROOT", tmp_path)  # no git checkout here
-    monkeypatch.setenv("BENCH_SOURCE_COMMIT", "abc123")
     monkeypatch.setenv("BENCH_SOURCE_DIRTY", "0")
     assert results.git_state() == {"commit": "abc123", "dirty": False, "from": "BENCH_SOURCE_COMMIT"}
     monkeypatch.delenv("BENCH_SOURCE_COMMIT")
