@@ -32,11 +32,10 @@ from bench.registry import register
 from .alignment import AlignmentSettings, aligned_backward
 from .layers import add_multiscale, default_scales, replace_decoder_head
 
-# Settings for the cpu profile (3 epochs on a 3000-row slice), measured on MiniLM (README "MuScleLoRA
-# on MiniLM", results/tuning): with 3 epochs, alignment to 96 reference rows caps clean accuracy near
-# 77 %; 384 gives higher CACC and lower ASR. ga_epoch=0: no raw-gradient phase in the first epoch
-# (with 3 epochs the reference loss falls below 0.4 within epoch 0, and those raw steps taught the
-# backdoor: ASR 55 % against 12 %). The ablations with alignment use the same schedule.
+# Settings for the cpu profile (3 epochs on a 3000-row slice). First found on SST-2 test ASR
+# (results/tuning: exploration, not evidence), then kept by the declared tuning protocol (README "Tuning
+# protocol", results/tuning-protocol/family: AG News dirty-label BadNets, highest task score of 384/96
+# reference rows x ga_epoch 0/1, for musclelora, ga and ga-lora alike).
 CPU_ALIGNMENT = {"reference_size": 384, "ga_epoch": 0}
 
 

@@ -1,0 +1,59 @@
+"""Defense x attack tables (one per dataset) of one seed's records, as the README shows them:
+CACC / ASR in percent; `none`'s and the controls' untriggered rate in brackets; the data filters'
+precision / recall of removed rows; the rejecting defenses' FRR.
+
+    python3 benchmarks/grid_table.py results/grid-h200 [SEED]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ATTACKS = ["badnets", "addsent", "syntactic", "style", "hiddenkiller"]
+ORDER = ["none", "onion", "strip", "rap", "badacts", "bki", "zdefense", "cube", "btu", "dpoe", "lora", "mslr",
+         "ga", "ga-lora", "musclelora", "adapter", "prefix", "moderate-fitting", "clean-only", "none+clean"]
+FILTERS = {"bki", "zdefense", "cube"}
+UNTRIGGERED = {"none", "clean-only", "none+clean"}
+NAMES = {"clean-only": "`clean-only` (control)", "none+clean": "`none+clean` (control)"}
+
+
+def cell(w: dict, defense: str) -> str:
+    s = f"{100 * w['cacc']:.1f} / {100 * w['asr']:.1f}"
+    if defense in UNTRIGGERED:
+        s += f" ({100 * w['clean_to_target']:.1f})"
+    if defense in FILTERS:
+        p = w.get("filter_precision")
+        s += f"; P {p:.2f}" if p is not None else "; P -"
+        s += f" R {w['filter_recall']:.2f}"
+    if w.get("frr"):
+        s += f"; FRR {100 * w['frr']:.1f}"
+    return s
+
+
+def tables(folder: Path, seed: int = 1) -> str:
+    recs = {}
+    for p in sorted((folder / "records").glob("*.json")):
+        w = json.loads(p.read_text())["row"]
+        if w["seed"] == seed:
+            recs[(w["dataset"], w["attack"], w["defense"])] = w
+    out = []
+    for ds in sorted({k[0] for k in recs}, key=lambda d: (d != "sst2", d)):
+        attacks = [a for a in ATTACKS if any(k[:2] == (ds, a) for k in recs)]
+        heads = []
+        for a in attacks:
+            w = next(v for k, v in recs.items() if k[:2] == (ds, a))
+            heads.append(f"{a} ({w['label_regime']}, {w['poison_rate']})")
+        out += [f"{ds}, seed {seed}:", "", "| defense | " + " | ".join(heads) + " |", "|---|" + "---|" * len(attacks)]
+        defenses = [d for d in ORDER if any(k[0] == ds and k[2] == d for k in recs)]
+        defenses += sorted({k[2] for k in recs if k[0] == ds} - set(defenses))
+        for d in defenses:
+            cells = [cell(recs[(ds, a, d)], d) if (ds, a, d) in recs else "(not run)" for a in attacks]
+            out.append(f"| {NAMES.get(d, f'`{d}`')} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(tables(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1))
