@@ -330,22 +330,42 @@ def read_runs(out_dir: Path) -> list[dict]:
     return list(runs.values())
 
 
-def run_notes(out_dir: Path) -> list[str]:
-    notes = []
-    for r in read_runs(out_dir):
-        git = (r.get("git") or {}).get("commit", "unknown")[:10]
-        if r["status"] == "finished":
-            notes.append(
-                f"run `{r.get('command', '')}`: {r.get('cells_run', 0)} cells run, {r.get('cells_skipped', 0)} "
+def _run_note(r: dict) -> str:
+    git = (r.get("git") or {}).get("commit", "unknown")[:10]
+    if r["status"] == "finished":
+        return (f"run `{r.get('command', '')}`: {r.get('cells_run', 0)} cells run, {r.get('cells_skipped', 0)} "
                 f"already recorded, {r.get('cells_copied', 0)} copied from another results folder"
                 + (f", {r['cells_claimed_elsewhere']} left to a concurrent run" if r.get("cells_claimed_elsewhere")
                    else "")
-                + f", wall time {r.get('wall_seconds', 0) / 60:.1f} min, commit {git}"
-            )
-        else:
-            notes.append(f"run `{r.get('command', '')}` ({r.get('started', '?')}, commit {git}): {r['status']}"
-                         + (f" after {r['cells_run']} cells" if "cells_run" in r else "")
-                         + (f": {r['error']}" if r.get("error") else ""))
+                + f", wall time {r.get('wall_seconds', 0) / 60:.1f} min, commit {git}")
+    return (f"run `{r.get('command', '')}` ({r.get('started', '?')}, commit {git}): {r['status']}"
+            + (f" after {r['cells_run']} cells" if "cells_run" in r else "")
+            + (f": {r['error']}" if r.get("error") else ""))
+
+
+def run_notes(out_dir: Path) -> list[str]:
+    """One line per run of ``runs.jsonl``; runs of one command at one commit (concurrent processes sharing
+    the folder, or resumptions) are one line with their count, so a 14-process grid stays readable."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in read_runs(out_dir):
+        groups.setdefault((r.get("command", ""), (r.get("git") or {}).get("commit", "unknown")), []).append(r)
+    notes = []
+    for (command, commit), runs in groups.items():
+        if len(runs) == 1:
+            notes.append(_run_note(runs[0]))
+            continue
+        statuses: dict[str, int] = {}
+        for r in runs:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        walls = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
+        notes.append(
+            f"`{command}` ran {len(runs)} times (concurrent processes on this folder, or resumptions): "
+            + ", ".join(f"{n} {status}" for status, n in statuses.items())
+            + f"; {sum(r.get('cells_run', 0) for r in runs)} cells run in all"
+            + (f", the longest run {max(walls) / 60:.1f} min" if walls else "")
+            + f", commit {commit[:10]}"
+            + "".join(f"; {r['status']} ({r.get('started', '?')}): {r['error']}" for r in runs
+                      if r.get("error") and r["status"] not in ("finished", "interrupted")))
     return notes
 
 

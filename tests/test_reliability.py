@@ -295,3 +295,22 @@ def test_a_copied_tree_states_the_commit_it_came_from(monkeypatch, tmp_path):
     assert results.git_state() == {"commit": "abc123", "dirty": False, "from": "BENCH_SOURCE_COMMIT"}
     monkeypatch.delenv("BENCH_SOURCE_COMMIT")
     assert results.git_state()["commit"] == "unknown"
+
+
+def test_runs_of_one_command_are_one_line_of_the_leaderboard(tmp_path):
+    from bench.results import append_run, run_notes
+
+    for i in range(3):  # three processes sharing the folder
+        append_run(tmp_path, {"event": "started", "run_id": f"r{i}", "command": "bench run x", "pid": os.getpid(),
+                              "host": os.uname().nodename, "git": {"commit": "abc"}})
+        append_run(tmp_path, {"event": "finished", "run_id": f"r{i}", "command": "bench run x", "cells_run": i + 1,
+                              "wall_seconds": 60.0 * (i + 1), "git": {"commit": "abc"}})
+    append_run(tmp_path, {"event": "started", "run_id": "other", "command": "bench run y", "pid": os.getpid(),
+                          "host": os.uname().nodename, "git": {"commit": "abc"}})
+    append_run(tmp_path, {"event": "finished", "run_id": "other", "command": "bench run y", "cells_run": 1,
+                          "git": {"commit": "abc"}})
+    notes = run_notes(tmp_path)
+    assert len(notes) == 2
+    assert notes[0].startswith("`bench run x` ran 3 times") and "6 cells run in all" in notes[0]
+    assert "3 finished" in notes[0] and "the longest run 3.0 min" in notes[0]
+    assert notes[1].startswith("run `bench run y`: 1 cells run")
