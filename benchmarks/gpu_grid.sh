@@ -17,6 +17,8 @@
 # not there (rerun the script to resume). BENCH_GRID_BACKBONE and BENCH_GRID_EXTRA (extra --set arguments)
 # exist for a local dry run with a tiny model; BENCH_GRID_PRUNE_MIN=N deletes cached victims older than N
 # minutes (a MiniLM victim is 90 MB on disk; a later cell that needs a deleted one trains it again).
+# On a machine that got a copy of the tree, export BENCH_SOURCE_COMMIT (and BENCH_SOURCE_DIRTY=0) so the
+# records name the commit the copy was made from (a copied .git may be stale).
 set -u
 OUTDIR=$1
 DEADLINE=$(( $(date +%s) + $2 ))
