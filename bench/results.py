@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections import Counter
 from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,9 +355,7 @@ def run_notes(out_dir: Path) -> list[str]:
         if len(runs) == 1:
             notes.append(_run_note(runs[0]))
             continue
-        statuses: dict[str, int] = {}
-        for r in runs:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        statuses = Counter(r["status"] for r in runs)
         walls = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
         notes.append(
             f"`{command}` ran {len(runs)} times (concurrent processes on this folder, or resumptions): "

@@ -1,6 +1,7 @@
-"""The README's table of one attack x dataset over seeds: mean ± the 95 % Student-t half-width of CACC and
-ASR per defense, the untriggered rate, and Welch's p-value of each defense's ASR against `none` and
-against the `clean-only` control (the 384 clean rows alone).
+"""The README's table of one attack x dataset over seeds: mean ± the 95 % Student-t half-width of CACC
+and ASR per defense (the leaderboard's own intervals, `leaderboard_cells.csv`), the untriggered rate,
+and Welch's p-value of each defense's ASR against `none` and against the `clean-only` control (the 384
+clean rows alone).
 
     python3 benchmarks/seed_table.py results/leaderboard sst2 badnets
 """
@@ -10,20 +11,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from bench.scores import t_interval, welch_p
+from bench.results import read_leaderboard_csv
+from bench.scores import welch_p
 
 
-def fmt(values: np.ndarray) -> str:
-    mean, _, lo, hi = t_interval(values)
-    if len(values) < 2:
+def fmt(mean: float, lo: float, hi: float, n_seeds: int) -> str:
+    if n_seeds < 2:
         return f"{100 * mean:.1f}"
     return f"{100 * mean:.1f} ± {100 * (hi - lo) / 2:.1f}"
 
 
-def p_text(a: np.ndarray, b: np.ndarray) -> str:
+def p_text(a, b) -> str:
     if len(a) < 2 or len(b) < 2:
         return "-"
     p = welch_p(a, b)
@@ -31,23 +31,20 @@ def p_text(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def table(folder: Path, dataset: str, attack: str) -> str:
-    df = pd.read_csv(folder / "leaderboard.csv")
-    df = df[(df.dataset == dataset) & (df.attack == attack)]
-    by = {d: g for d, g in df.groupby("defense")}
-    ref_none, ref_clean = by.get("none"), by.get("clean-only")
-    rows = []
-    for d, g in by.items():
-        rows.append((g.asr.mean(), d, g))
+    # the intervals are the leaderboard's own (leaderboard_cells.csv); the p-values need the seeds' rows
+    cells = pd.read_csv(folder / "leaderboard_cells.csv")
+    cells = cells[(cells.dataset == dataset) & (cells.attack == attack)]
+    seeds = read_leaderboard_csv(folder / "leaderboard.csv")
+    seeds = seeds[(seeds.dataset == dataset) & (seeds.attack == attack)]
+    asr = {d: g.asr.to_numpy() for d, g in seeds.groupby("defense")}
     out = ["| defense | seeds | CACC | ASR | untriggered | ASR p vs `none` | ASR p vs `clean-only` |",
            "|---|---|---|---|---|---|---|"]
-    for _, d, g in sorted(rows, key=lambda r: (r[0], r[1])):
-        seeds = len(g)
-        mark = "" if seeds >= 3 else " †"
-        pn = p_text(g.asr.to_numpy(), ref_none.asr.to_numpy()) if ref_none is not None and d != "none" else "-"
-        pc = (p_text(g.asr.to_numpy(), ref_clean.asr.to_numpy())
-              if ref_clean is not None and d != "clean-only" else "-")
-        out.append(f"| `{d}` | {seeds}{mark} | {fmt(g.cacc.to_numpy())} | {fmt(g.asr.to_numpy())} | "
-                   f"{100 * g.clean_to_target.mean():.1f} | {pn} | {pc} |")
+    for _, c in cells.sort_values(["asr", "defense"]).iterrows():
+        d, n = c.defense, int(c.n_seeds)
+        pn = p_text(asr[d], asr["none"]) if "none" in asr and d != "none" else "-"
+        pc = p_text(asr[d], asr["clean-only"]) if "clean-only" in asr and d != "clean-only" else "-"
+        out.append(f"| `{d}` | {n}{'' if n >= 3 else ' †'} | {fmt(c.cacc, c.cacc_lo, c.cacc_hi, n)} | "
+                   f"{fmt(c.asr, c.asr_lo, c.asr_hi, n)} | {100 * c.clean_to_target:.1f} | {pn} | {pc} |")
     return "\n".join(out)
 
 

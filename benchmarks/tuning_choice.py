@@ -18,9 +18,11 @@ Prints `--set` arguments for `bench run` (one line) and writes `choice.json` bes
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
+
+from bench.results import load_records
+from bench.scores import task_score
 
 CANDIDATES = [(384, 0), (96, 1), (96, 0), (384, 1)]
 PAPER = (96, 1)
@@ -28,10 +30,6 @@ CURRENT = (384, 0)  # the cpu defaults before this protocol (chosen on SST-2 tes
 FAMILY = ("musclelora", "ga", "ga-lora")
 TIE = 0.5
 MIN_NONE_ASR = 0.5
-
-
-def task_score(row: dict) -> float:
-    return math.sqrt(100 * row["cacc"] * (100 - 100 * row["asr"]))
 
 
 def choose(rows: list[dict]) -> dict:
@@ -47,7 +45,7 @@ def choose(rows: list[dict]) -> dict:
             if r["defense"] == name:
                 cand = (r["reference_size"], r["ga_epoch"])
                 if cand in CANDIDATES:
-                    scores[cand] = task_score(r)
+                    scores[cand] = 100 * task_score(r["cacc"], r["asr"])
         entry = {"scores": {f"{a}/{b}": round(s, 2) for (a, b), s in scores.items()}}
         if not none:
             entry.update(chosen=CURRENT, why="no `none` cell: the protocol cannot be applied; current default kept")
@@ -70,8 +68,7 @@ def choose(rows: list[dict]) -> dict:
 
 def rows_of(folder: Path) -> list[dict]:
     rows = []
-    for p in sorted((folder / "records").glob("*.json")):
-        rec = json.loads(p.read_text())
+    for rec in load_records(folder):
         cfg = rec["config"]["defense"].get("config", {})
         rows.append({**rec["row"], "reference_size": cfg.get("reference_size"), "ga_epoch": cfg.get("ga_epoch")})
     return rows
