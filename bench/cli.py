@@ -129,7 +129,7 @@ def run(
                                     "(exit status 1 at the end). Default: the first failure stops the run."),
     executor: str = typer.Option("local", "--executor", metavar="local|ray",
                                  help="Where cells run: local (this process, one after the other) or ray (Ray tasks; "
-                                      "pip install 'bench[ray]')."),
+                                      "pip install 'bench\\[ray]')."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", metavar="ADDRESS", help="With --executor ray: join a running cluster ('auto', or "
                                                        "ray://HOST:PORT); default: start a local one for the run."),

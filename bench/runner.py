@@ -408,7 +408,8 @@ class Evaluator:
                 raise ContractError(f"{trainer.name}.select_train must return a boolean mask of {len(t)} rows, "
                                     f"got dtype {keep.dtype} shape {keep.shape}")
             idx = np.flatnonzero(keep)
-            texts, labels = [t["text"][i] for i in idx], [t["label"][i] for i in idx]
+            all_texts, all_labels = list(t["text"]), list(t["label"])  # one column read each, not one per row
+            texts, labels = [all_texts[i] for i in idx], [all_labels[i] for i in idx]
             added = trainer.add_train(ctx)
             if added is not None:
                 texts, labels = texts + list(added["text"]), labels + [int(x) for x in added["label"]]

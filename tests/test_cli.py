@@ -284,3 +284,19 @@ def test_seeds_is_a_shorthand_for_seeds_one_to_n(monkeypatch):
     assert res.exit_code == 2 and "--seeds 2 and --seed 5" in res.output
     res = runner.invoke(app, ["run", "--main", "--seeds", "0"])
     assert res.exit_code == 2 and ">= 1" in res.output
+
+
+def test_help_names_every_command_and_shows_brackets_as_typed():
+    """`bench --help` lists every command; rich markup must not eat '[ray]' from an install hint."""
+    env = {"COLUMNS": "250"}
+    r = runner.invoke(app, ["--help"], env=env)
+    assert r.exit_code == 0
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    commands += [g.name for g in app.registered_groups]
+    assert len(commands) >= 10
+    for name in commands:
+        assert name in r.output, name
+    r = runner.invoke(app, ["run", "--help"], env=env)
+    assert r.exit_code == 0
+    assert "pip install 'bench[ray]'" in r.output
+    assert "list[str]" not in r.output

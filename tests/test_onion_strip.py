@@ -330,13 +330,20 @@ def test_shared_prefix_scoring_equals_scoring_every_variant():
     from defenses.onion import leave_one_out
 
     scorer = get_scorer("tiny-llama")
+    # the last sentence is longer than max_length (shortened for the test's speed: 40 words scored 41 times
+    # instead of 200 words 201 times, where the full-vocabulary softmax took 17 s)
     sentences = [["the", "film", "is", "a", "cf", "charming", "journey", "."], ["a", "b"],
-                 ["unflinchingly", "bleak", "and", "desperate"], ["word"] * 200]
-    fast = scorer.leave_one_out_perplexity(sentences)
-    for words, got in zip(sentences, fast):
-        want = scorer.perplexity(leave_one_out(words))
-        assert got.shape == want.shape == (len(words) + 1,)
-        np.testing.assert_allclose(np.log(got), np.log(want), atol=1e-4)
+                 ["unflinchingly", "bleak", "and", "desperate"], ["word"] * 40]
+    saved_length, scorer.max_length = scorer.max_length, 24
+    try:
+        assert len(scorer.tokenizer(" ".join(sentences[-1]))["input_ids"]) > scorer.max_length
+        fast = scorer.leave_one_out_perplexity(sentences)
+        for words, got in zip(sentences, fast):
+            want = scorer.perplexity(leave_one_out(words))
+            assert got.shape == want.shape == (len(words) + 1,)
+            np.testing.assert_allclose(np.log(got), np.log(want), atol=1e-4)
+    finally:
+        scorer.max_length = saved_length
     # a scorer with no start token falls back to scoring every variant
     saved, scorer.bos = scorer.bos, None
     try:

@@ -314,3 +314,18 @@ def test_runs_of_one_command_are_one_line_of_the_leaderboard(tmp_path):
     assert notes[0].startswith("`bench run x` ran 3 times") and "6 cells run in all" in notes[0]
     assert "3 finished" in notes[0] and "the longest run 3.0 min" in notes[0]
     assert notes[1].startswith("run `bench run y`: 1 cells run")
+
+
+def test_precision_auto_is_fp32_on_every_device_and_bf16_only_when_asked():
+    """bf16 has not passed its 3-seed check, so `auto` must never switch it on, not even on a GPU."""
+    import contextlib
+
+    import torch
+
+    from bench.training import autocast
+
+    for kind in ("cpu", "cuda", "mps"):
+        for precision in ("auto", "fp32"):
+            assert isinstance(autocast(torch.device(kind), precision), contextlib.nullcontext), (kind, precision)
+    ctx = autocast(torch.device("cpu"), "bf16")
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
