@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from .errors import BenchError
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -203,8 +205,9 @@ class SmolLM2(Backbone):
         from . import progress
 
         progress.note(f"converting {src.name} to safetensors under {out.parent} (once per machine, ~1 min)")
-        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        with _gguf_bar_off(progress.current().mode != "bar"):
+            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         # the GGUF-loaded model is marked quantized and refuses to save: rebuild a plain one
         cfg = quantized.config.to_dict()
         cfg.pop("quantization_config", None)
@@ -218,6 +221,25 @@ class SmolLM2(Backbone):
 
     def load(self, num_labels: int, seed: int) -> LoadedModel:
         return from_pretrained(self.converted(), num_labels, seed)
+
+
+@contextlib.contextmanager
+def _gguf_bar_off(quiet: bool):
+    """transformers' GGUF reader draws its own tqdm bar; in plain-line mode (no terminal) it would fill
+    logs with carriage returns, so it is switched off there (left alone if transformers moves it)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf
+    except ImportError:
+        gguf = None
+    bar = getattr(gguf, "tqdm", None)
+    if not quiet or bar is None:
+        yield
+        return
+    gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = bar
 
 
 class TinyRandom(Backbone):

@@ -60,3 +60,16 @@ def test_smollm2_converts_once_and_loads_as_llama(tmp_path, monkeypatch):
     batch = loaded.tokenizer(["good film", "a very bad film indeed"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert loaded.model.eval()(**batch).logits.shape == (2, 2)
+
+
+def test_the_gguf_readers_bar_is_off_in_plain_line_mode_and_restored_after():
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    from bench.backbones import _gguf_bar_off
+
+    original = gguf.tqdm
+    with _gguf_bar_off(quiet=True):
+        assert gguf.tqdm is not original and gguf.tqdm([1, 2]).disable
+    assert gguf.tqdm is original
+    with _gguf_bar_off(quiet=False):
+        assert gguf.tqdm is original
