@@ -2,9 +2,9 @@
 
     python benchmarks/compile_probe.py --backbone minilm --profile cpu [--steps 30] [--out results/perf/compile]
 
-Plain full fine-tuning (the recipe of `none` and of every post-training defense's victim), on the cell's
-own training rows (the profile's slice of SST-2, length-grouped batches as ``bench.training.train`` draws
-them) and one model reset to the same initial weights before each run:
+Plain full fine-tuning (the recipe of `none` and of every post-training defense's victim), on the first
+``train_size`` rows of the dataset's training split (not the runner's stratified slice: the same sentence
+lengths for timing, no poisoning), in length-grouped batches as ``bench.training.train`` draws them, and one model reset to the same initial weights before each run:
 
 * eager: ``--steps`` timed steps (forward, backward, AdamW), after ``--warmup`` untimed ones;
 * compiled: the same model through ``torch.compile(model, dynamic=True)`` (dynamic: the batches have many
