@@ -181,6 +181,8 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     for col in SCHEMA:
         if col.md and col.fmt:
             shown[col.name] = shown[col.name].map(lambda v, f=formats[col.fmt]: f(v) if pd.notna(v) else "")
+    for col in STATED:
+        shown[col] = shown[col].map(_stated)
     lines = [f"# {title}", ""] + [f"- {n}" for n in notes] + [""]
     if len(df):
         lines += summary_markdown(df)
@@ -204,6 +206,18 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     lines.append("")
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
     return "\n".join(lines) + "\n"
+
+
+# what a row states about the poisoning; an imported file may leave it unknown (never shown as 0 or blank)
+STATED = ("poison_rate", "label_regime", "trigger_count")
+
+
+def _stated(v: object) -> str:
+    if v is None or v == "" or (isinstance(v, float) and v != v):  # aggregate() keys a missing value as ""
+        return "unknown"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:g}"
+    return str(v)
 
 
 def _pct(v: object, digits: int = 1) -> str:
@@ -255,8 +269,9 @@ def summary_markdown(df: pd.DataFrame) -> list[str]:
         "untriggered": cells["clean_to_target"].map(_pct),
         "score": cells["task_score"].map(_pct),
         "DER": cells["der"].map(lambda v: f"{v:.3f}" if pd.notna(v) else ""),
-        "seeds": cells["seeds"], "poison rate": cells["poison_rate"], "label regime": cells["label_regime"],
-        "target": cells["target_label"], "triggers": cells["trigger_count"], "settings": cells["settings"],
+        "seeds": cells["seeds"], "poison rate": cells["poison_rate"].map(_stated),
+        "label regime": cells["label_regime"].map(_stated), "target": cells["target_label"],
+        "triggers": cells["trigger_count"].map(_stated), "settings": cells["settings"],
     })
     lines += ["", "## Cells over their seeds", "",
               f"Mean ± half-width of the {round(100 * CONFIDENCE)} % Student-t interval over seeds (no interval with one "

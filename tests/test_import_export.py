@@ -326,7 +326,15 @@ def test_a_hand_made_file_without_flags_runs_and_the_record_says_unknown(toy_dat
     assert row["n_poisoned"] is None and row["poison_rate"] is None and row["label_regime"] is None
     assert row["filter_precision"] is None and row["ppl_increase"] is None and row["n_train"] == 240
     assert rec["counts"]["train_sampling"] == "whole" and rec["counts"]["poison_flags"] == "unknown"
-    assert "file:hand" in (tmp_path / "res" / "leaderboard.md").read_text()
+    md = (tmp_path / "res" / "leaderboard.md").read_text()
+    assert "file:hand" in md
+    # the Markdown tables say "unknown" where the record holds null (a blank or "nan" reads as missing data)
+    for table in ("## Cells over their seeds", "## Every seed"):
+        head, row_line = [ln for ln in md.split(table, 1)[1].splitlines() if ln.startswith("| ")][:2]
+        cols = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row_line.split("|")]))
+        rate = cols.get("poison rate", cols.get("poison_rate"))
+        regime = cols.get("label regime", cols.get("label_regime"))
+        assert rate == "unknown" and regime == "unknown", (table, cols)
 
 
 def test_cli_export_and_the_release_helper(toy_dir, tmp_path, monkeypatch):
