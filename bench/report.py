@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from .results import ResultsError, load_records, read_runs, records_frame, write_text_atomic
-from .scores import CELL, CONFIDENCE, MIN_SEEDS, aggregate, summary
+from .scores import CELL, CONFIDENCE, MIN_SEEDS, aggregate, interval_text, summary
 
 # the clean-data controls (defenses/clean_controls.py): what a defense that uses clean rows must beat
 CONTROLS = {"clean-only": "control: the clean rows alone", "none+clean": "control: poisoned set + the clean rows"}
@@ -205,9 +205,7 @@ def _interval(mean: object, lo: object, hi: object, n: int) -> str:
     m, lo, hi = _num(mean), _num(lo), _num(hi)
     if not math.isfinite(m):
         return ""
-    if n < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
-        return _pct(m)
-    return f"{_pct(m)} ± {100 * (hi - lo) / 2:.1f}"
+    return interval_text(m, lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None, n)
 
 
 def _fixed(v: object, digits: int) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .data import PROJECT_ROOT
+from .scores import interval_text as _with_interval
 
 # the columns that identify a cell across two leaderboards (bench compare joins on these)
 CELL_KEY = [
@@ -222,14 +223,6 @@ def _stated(v: object) -> str:
 
 def _pct(v: object, digits: int = 1) -> str:
     return f"{100 * v:.{digits}f}" if v is not None and pd.notna(v) else ""
-
-
-def _with_interval(mean: object, lo: object, hi: object, n: int) -> str:
-    if mean is None or pd.isna(mean):
-        return ""
-    if n < 2 or lo is None or pd.isna(lo):
-        return _pct(mean)
-    return f"{_pct(mean)} ± {100 * (hi - lo) / 2:.1f}"
 
 
 def summary_markdown(df: pd.DataFrame) -> list[str]:

@@ -180,3 +180,21 @@ def welch_p(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 and b.std() == 0:
         return 0.0 if a.mean() != b.mean() else 1.0
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def interval_text(mean: object, lo: object, hi: object, n: int) -> str:
+    """Mean ± half-width of its interval, in percent, one decimal; the mean alone with fewer than 2 seeds
+    or no interval; "" with no mean. The one spelling of an interval in leaderboards and tables."""
+    if mean is None or pd.isna(mean):
+        return ""
+    if n < 2 or lo is None or pd.isna(lo) or hi is None or pd.isna(hi):
+        return f"{100 * float(mean):.1f}"
+    return f"{100 * float(mean):.1f} ± {100 * (float(hi) - float(lo)) / 2:.1f}"
+
+
+def p_text(a: np.ndarray, b: np.ndarray, digits: int = 3) -> str:
+    """Welch's p of two seed samples as table text: "-" with fewer than 2 seeds on a side, "< 0.001" below that."""
+    p = welch_p(a, b)
+    if math.isnan(p):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.{digits}f}"

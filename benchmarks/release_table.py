@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.results import read_leaderboard_csv
-from bench.scores import welch_p
+from bench.scores import interval_text, p_text
 
 # the release's attack folders and our attack of the same kind
 PAIRS = {"badnets": "badnets", "addsent": "addsent", "stylebkd": "style", "synbkd": "syntactic"}
@@ -23,17 +23,7 @@ PAIRS = {"badnets": "badnets", "addsent": "addsent", "stylebkd": "style", "synbk
 def fmt(c: pd.Series | None, metric: str) -> str:
     if c is None:
         return "not run"
-    mean, n = 100 * c[metric], int(c.n_seeds)
-    if n < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * (c[metric + '_hi'] - c[metric + '_lo']) / 2:.1f}"
-
-
-def p_text(a, b) -> str:
-    if len(a) < 2 or len(b) < 2:
-        return "-"
-    p = welch_p(a, b)
-    return "< 0.001" if p < 0.001 else f"{p:.2f}"
+    return interval_text(c[metric], c[metric + "_lo"], c[metric + "_hi"], int(c.n_seeds))
 
 
 def table(folder: Path, dataset: str, defenses: list[str]) -> str:
@@ -61,8 +51,8 @@ def table(folder: Path, dataset: str, defenses: list[str]) -> str:
             n = "/".join(str(int(c.n_seeds)) if c is not None else "0" for c in (a, b))
             out.append(
                 f"| {theirs} / {ours} | `{d}` | {n} | {fmt(a, 'cacc')} | {fmt(b, 'cacc')} | "
-                f"{p_text(values(rel, d, 'cacc'), values(ours, d, 'cacc'))} | {fmt(a, 'asr')} | {fmt(b, 'asr')} | "
-                f"{p_text(values(rel, d, 'asr'), values(ours, d, 'asr'))} |")
+                f"{p_text(values(rel, d, 'cacc'), values(ours, d, 'cacc'), 2)} | {fmt(a, 'asr')} | {fmt(b, 'asr')} | "
+                f"{p_text(values(rel, d, 'asr'), values(ours, d, 'asr'), 2)} |")
     return "\n".join(out)
 
 

@@ -14,20 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.results import read_leaderboard_csv
-from bench.scores import welch_p
-
-
-def fmt(mean: float, lo: float, hi: float, n_seeds: int) -> str:
-    if n_seeds < 2:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * (hi - lo) / 2:.1f}"
-
-
-def p_text(a, b) -> str:
-    if len(a) < 2 or len(b) < 2:
-        return "-"
-    p = welch_p(a, b)
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+from bench.scores import interval_text as fmt
+from bench.scores import p_text
 
 
 def table(folder: Path, dataset: str, attack: str) -> str:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.results import COLUMNS, compare, regressions, to_markdown
-from bench.scores import aggregate, der, shared_settings, summary, t_interval, task_score, welch_p
+from bench.scores import aggregate, der, interval_text, p_text, shared_settings, summary, t_interval, task_score, welch_p
 
 
 def _frame(rows):
@@ -118,3 +118,14 @@ def test_two_records_of_one_seed_count_as_one_seed_and_are_flagged():
     assert cell["n_seeds"] == 1 and cell["duplicate_seed_rows"] == 1
     assert cell["cacc"] == pytest.approx(0.85) and cell["cacc_lo"] == cell["cacc_hi"]  # no interval from one seed
     assert "more than one record for the same seed" in to_markdown(df, "Leaderboard", [])
+
+
+def test_table_text_of_an_interval_and_a_p_value():
+    assert interval_text(0.5, 0.4, 0.6, 3) == "50.0 ± 10.0"
+    assert interval_text(0.5, 0.4, 0.6, 1) == "50.0"  # one seed: no interval
+    assert interval_text(0.5, float("nan"), float("nan"), 3) == "50.0"
+    assert interval_text(None, 0.4, 0.6, 3) == interval_text(float("nan"), 0.4, 0.6, 3) == ""
+    assert p_text(np.array([0.9]), np.array([0.1, 0.2])) == "-"
+    assert p_text(np.array([0.90, 0.91, 0.92]), np.array([0.10, 0.11, 0.12])) == "< 0.001"
+    a, b = np.array([0.5, 0.7, 0.6]), np.array([0.55, 0.8, 0.65])
+    assert p_text(a, b, 2) == f"{welch_p(a, b):.2f}" and p_text(a, b) == f"{welch_p(a, b):.3f}"
