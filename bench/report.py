@@ -200,14 +200,6 @@ def _pct(v: object) -> str:
     return f"{100 * f:.1f}" if math.isfinite(f) else ""
 
 
-def _interval(mean: object, lo: object, hi: object, n: int) -> str:
-    """Mean ± half-width of the interval, in percent (no interval with one seed)."""
-    m, lo, hi = _num(mean), _num(lo), _num(hi)
-    if not math.isfinite(m):
-        return ""
-    return interval_text(m, lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None, n)
-
-
 def _fixed(v: object, digits: int) -> str:
     f = _num(v)
     return f"{f:.{digits}f}" if math.isfinite(f) else ""
@@ -276,7 +268,7 @@ def _controls_section(df: pd.DataFrame, cells: pd.DataFrame) -> str:
         keep = keep.assign(_o=keep["defense"].map(lambda d: order.get(d, len(order)))).sort_values(["_o", "defense"])
         rows = [[r.defense, _role(r.defense, bool(r.uses_clean)),
                  _fixed(used.get(tuple(getattr(r, c) for c in CELL)), 0),
-                 _interval(r.cacc, r.cacc_lo, r.cacc_hi, r.n_seeds), _interval(r.asr, r.asr_lo, r.asr_hi, r.n_seeds),
+                 interval_text(r.cacc, r.cacc_lo, r.cacc_hi, r.n_seeds), interval_text(r.asr, r.asr_lo, r.asr_hi, r.n_seeds),
                  _pct(r.task_score), r.n_seeds, r.settings] for r in keep.itertuples(index=False)]
         parts.append(f"<h3>{_esc(ds)} · {_esc(bb)} · {_esc(atk)}</h3>")
         parts.append(_table(f"controls-{shown}", ["defense", "role", "clean rows used", "CACC", "ASR", "score",
@@ -290,7 +282,7 @@ def _controls_section(df: pd.DataFrame, cells: pd.DataFrame) -> str:
 
 def _cells_section(cells: pd.DataFrame) -> str:
     rows = [[r.dataset, r.backbone, r.attack, r.defense + (" †" if r.n_seeds < MIN_SEEDS else ""),
-             _interval(r.cacc, r.cacc_lo, r.cacc_hi, r.n_seeds), _interval(r.asr, r.asr_lo, r.asr_hi, r.n_seeds),
+             interval_text(r.cacc, r.cacc_lo, r.cacc_hi, r.n_seeds), interval_text(r.asr, r.asr_lo, r.asr_hi, r.n_seeds),
              _pct(r.clean_to_target), _pct(r.task_score), _fixed(r.der, 3), r.n_seeds, r.seeds, r.poison_rate,
              r.label_regime, r.target_label, r.trigger_count, r.settings] for r in cells.itertuples(index=False)]
     headers = ["dataset", "backbone", "attack", "defense", "CACC", "ASR", "untriggered", "score", "DER", "n seeds",

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .data import PROJECT_ROOT
-from .scores import interval_text as _with_interval
+from .scores import interval_text
 
 # the columns that identify a cell across two leaderboards (bench compare joins on these)
 CELL_KEY = [
@@ -255,9 +255,9 @@ def summary_markdown(df: pd.DataFrame) -> list[str]:
     shown = pd.DataFrame({
         "dataset": cells["dataset"], "backbone": cells["backbone"], "attack": cells["attack"],
         "defense": [d + (" †" if n < MIN_SEEDS else "") for d, n in zip(cells["defense"], cells["n_seeds"])],
-        "CACC": [_with_interval(m, lo, hi, n) for m, lo, hi, n in
+        "CACC": [interval_text(m, lo, hi, n) for m, lo, hi, n in
                  zip(cells["cacc"], cells["cacc_lo"], cells["cacc_hi"], cells["n_seeds"])],
-        "ASR": [_with_interval(m, lo, hi, n) for m, lo, hi, n in
+        "ASR": [interval_text(m, lo, hi, n) for m, lo, hi, n in
                 zip(cells["asr"], cells["asr_lo"], cells["asr_hi"], cells["n_seeds"])],
         "untriggered": cells["clean_to_target"].map(_pct),
         "score": cells["task_score"].map(_pct),

@@ -182,14 +182,23 @@ def welch_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def _finite(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def interval_text(mean: object, lo: object, hi: object, n: int) -> str:
     """Mean ± half-width of its interval, in percent, one decimal; the mean alone with fewer than 2 seeds
-    or no interval; "" with no mean. The one spelling of an interval in leaderboards and tables."""
-    if mean is None or pd.isna(mean):
+    or no finite interval; "" with no finite mean. The one spelling of an interval in leaderboards and tables."""
+    m, lo, hi = _finite(mean), _finite(lo), _finite(hi)
+    if m is None:
         return ""
-    if n < 2 or lo is None or pd.isna(lo) or hi is None or pd.isna(hi):
-        return f"{100 * float(mean):.1f}"
-    return f"{100 * float(mean):.1f} ± {100 * (float(hi) - float(lo)) / 2:.1f}"
+    if n < 2 or lo is None or hi is None:
+        return f"{100 * m:.1f}"
+    return f"{100 * m:.1f} ± {100 * (hi - lo) / 2:.1f}"
 
 
 def p_text(a: np.ndarray, b: np.ndarray, digits: int = 3) -> str:
