@@ -80,13 +80,14 @@ def _finish(model: Any, tokenizer: Any) -> LoadedModel:
     return LoadedModel(model, tokenizer, model.config.model_type)
 
 
-def from_pretrained(path_or_id: str | Path, num_labels: int, seed: int, **kwargs: Any) -> LoadedModel:
+def from_pretrained(path_or_id: str | Path, num_labels: int, seed: int, revision: str | None = None,
+                    **kwargs: Any) -> LoadedModel:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
+    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), revision=revision)
     with torch_seeded(seed):
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path_or_id), num_labels=num_labels, **kwargs
+            str(path_or_id), num_labels=num_labels, revision=revision, **kwargs
         )
     return _finish(model, tokenizer)
 
@@ -325,7 +326,16 @@ class HubBackbone(Backbone):
     def identity(self) -> dict:
         if self.local:
             return {"name": self.display_name, "content": folder_digest(Path(self.path_or_id).expanduser())}
-        return {"name": self.path_or_id}
+        revision = self.revision()
+        return {"name": self.path_or_id, **({"revision": revision} if revision else {})}
+
+    def revision(self) -> str | None:
+        """A hub id's commit (the hub's main, else the cache's), looked up once per instance."""
+        if not hasattr(self, "_revision"):
+            from .hub import hub_revision
+
+            self._revision = hub_revision(self.path_or_id, "model")
+        return self._revision
 
     def check(self) -> None:
         from .hub import check_hub_name, looks_like_path
@@ -351,8 +361,9 @@ class HubBackbone(Backbone):
 
     def load(self, num_labels: int, seed: int) -> LoadedModel:
         try:
-            return from_pretrained(Path(self.path_or_id).expanduser() if self.local else self.path_or_id,
-                                   num_labels, seed)
+            if self.local:
+                return from_pretrained(Path(self.path_or_id).expanduser(), num_labels, seed)
+            return from_pretrained(self.path_or_id, num_labels, seed, revision=self.revision())
         except OSError as e:
             raise BackboneError(
                 f"cannot load backbone {self.path_or_id!r} as a local folder or from the Hugging Face hub "

@@ -14,7 +14,7 @@ import typer
 
 from . import registry
 from .config import ConfigError, parse_assignments
-from .data import ENV_VAR
+from .data import ENV_VAR, DataError
 from .errors import BenchError
 from .profiles import MAIN_JOB, PROFILES, get_profile
 from .results import ResultsError
@@ -27,7 +27,7 @@ USER_ERRORS = (BenchError,)
 PluginsOpt = typer.Option(None, "--plugins", metavar="FILE.py",
                           help="A .py file that registers plugins (repeatable); the file is executed.")
 DataDirOpt = typer.Option(
-    None, "--data-dir", envvar=ENV_VAR, metavar="FOLDER", help=f"Benchmark data folder (also ${ENV_VAR}; default ../shared/data)."
+    None, "--data-dir", envvar=ENV_VAR, metavar="FOLDER", help=f"Benchmark data folder (also ${ENV_VAR}; default: the data cache, then ../shared/data, then a fetch)."
 )
 
 
@@ -118,7 +118,9 @@ def run(
     set_: Optional[List[str]] = typer.Option(
         None, "--set", metavar="PLUGIN.KEY=VALUE", help="PLUGIN.KEY=VALUE for a plugin's or the profile's settings, e.g. lora.r=16, profile.epochs=1."
     ),
-    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded. Trained victims are "
+                               "still reused from the victim cache; to retrain them too, remove them first with "
+                               "`bench cache clear` (`bench cache list` shows them)."),
     reuse: Optional[List[Path]] = typer.Option(
         None, "--reuse", metavar="FOLDER", help="Another results folder: cells recorded there with the same key are copied, not rerun."
     ),
@@ -271,7 +273,12 @@ def compare(
         bad = regressions(both, fail_on_regression)
         if len(bad):
             typer.echo(f"\n{len(bad)} cells regress by more than {fail_on_regression} points"
-                       + (" beyond seed noise (or untested: one seed)" if across_seeds else ""), err=True)
+                       + (" beyond seed noise (or untested: one seed)" if across_seeds else "") + ":", err=True)
+            for _, row in bad.iterrows():
+                name = "/".join(str(row[c]) for c in ids[:4]) + ("" if across_seeds else f" seed {row['seed']}")
+                if isinstance(row.get("settings"), str) and row["settings"]:
+                    name += f" ({row['settings']})"
+                typer.echo(f"  {name}: CACC {row['d_cacc']:+.2f}, ASR {row['d_asr']:+.2f} points", err=True)
             raise typer.Exit(1)
         typer.echo(f"\nno cell regresses by more than {fail_on_regression} points")
 
@@ -429,7 +436,9 @@ def musclelora_release_cmd(
     out: Path = typer.Option(Path("results") / "imported", "--out", "-o", metavar="FOLDER", help="Results folder."),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE",
                                              help="Settings as for run (file.KEY=VALUE applies to every imported attack)."),
-    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded. Trained victims are "
+                               "still reused from the victim cache; to retrain them too, remove them first with "
+                               "`bench cache clear` (`bench cache list` shows them)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Plain lines instead of bars."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
@@ -448,7 +457,7 @@ def musclelora_release_cmd(
         # the release's training files hold sentences of our dev splits (HSOL: 514-520 rows); model
         # selection must not see rows trained on, so they are dropped unless the user says otherwise
         file_settings = {"drop_dev_overlap": "true", **settings.pop("file", {})}
-        root = resolve_data_dir(data_dir)
+        root = resolve_data_dir(data_dir, need="published/musclelora")
         cells = []
         for ds in dataset or ["sst2", "hsol"]:
             for name, folder in musclelora_release(root, ds, attack):
@@ -503,6 +512,93 @@ def cache_clear(
     if not yes and not typer.confirm(f"remove {'the given' if key else 'all'} cached victims under {store.root}?"):
         raise typer.Exit(1)
     typer.echo(f"removed {store.clear(list(key) if key else None)} victims from {store.root}")
+
+
+data_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="The benchmark data: fetch and build it from its public sources, verify a data folder.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Optional[List[str]] = typer.Argument(None, metavar="[NAME]...",
+                                               help="sst2, hsol, agnews, musclelora-release (default: all)."),
+    dest: Optional[Path] = typer.Option(None, "--dest", metavar="FOLDER",
+                                        help="Where to build (default: the data cache, $BENCH_CACHE_DIR/data)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild datasets already there."),
+    from_git: Optional[Path] = typer.Option(None, "--from-git", metavar="FOLDER",
+                                            help="Read the sources from local git copies (FOLDER/<owner>+<name>/repo) "
+                                                 "instead of downloading them (also $BENCH_SOURCE_GIT)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Plain lines instead of bars."),
+) -> None:
+    """Download the pinned public source files (each checked against its sha256 in the project's manifest),
+    build the dataset folders from them and check every built file; a dataset is renamed into place only
+    when complete."""
+    from . import progress
+    from .datafetch import Manifest, Sources, cache_root, fetch
+
+    previous = progress.use(progress.Reporter.auto(not no_progress))
+    try:
+        manifest = Manifest.load()
+        sources = Sources(manifest, cache_root().parent / "downloads", git_root=from_git)
+        built = fetch(list(name or []), dest, force=force, manifest=manifest, sources=sources)
+    except USER_ERRORS as e:
+        _fail(e)
+    finally:
+        progress.use(previous)
+    for n, folder in built.items():
+        typer.echo(f"{n}: {folder}")
+
+
+@data_app.command("verify")
+def data_verify(
+    folder: Optional[Path] = typer.Argument(None, metavar="[FOLDER]",
+                                            help="The data folder (default: every folder the lookup uses that exists)."),
+    name: Optional[List[str]] = typer.Option(None, "--name", "-n", metavar="NAME",
+                                             help="Check these datasets (default: those present)."),
+) -> None:
+    """Check a data folder against the manifest committed in the project (sha256 of every built file)."""
+    from .data import data_roots
+    from .datafetch import verify
+
+    roots = [folder] if folder else [root for root, _ in data_roots() if root.is_dir()]
+    if not roots:
+        _fail(DataError("no data folder to verify: none of " + ", ".join(str(r) for r, _ in data_roots())
+                        + " exists; `bench data fetch` builds one"))
+    failed = False
+    for root in roots:
+        try:
+            names, problems, notes = verify(root, name)
+        except USER_ERRORS as e:
+            _fail(e)
+        for note in notes:
+            typer.echo(f"{root}: note: {note}")
+        for p in problems:
+            typer.echo(f"{root}: MISMATCH {p}", err=True)
+        verdict = "FAILED" if problems else "ok"
+        typer.echo(f"{root}: {', '.join(names)}: {verdict}" + (f" ({len(problems)} problems)" if problems else ""))
+        failed |= bool(problems)
+    if failed:
+        raise typer.Exit(1)
+
+
+@data_app.command("manifest", hidden=True)
+def data_manifest(
+    built: Path = typer.Argument(..., help="A data folder built from the sources (e.g. ../shared/data)."),
+    git: Path = typer.Option(..., "--from-git", help="Local git copies of the sources (FOLDER/<owner>+<name>/repo)."),
+    source: List[str] = typer.Option(..., "--source", metavar="OWNER/NAME=COMMIT", help="Pinned commits."),
+    out: Path = typer.Option(None, "--out", help="Where to write (default: the project's manifest)."),
+) -> None:
+    """For maintainers: rewrite the data manifest from a built folder and local copies of the sources."""
+    import json
+
+    from .datafetch import MANIFEST_PATH, make_manifest
+
+    pins = dict(s.split("=", 1) for s in source)
+    manifest = make_manifest(built, pins, git)
+    (out or MANIFEST_PATH).write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    typer.echo(f"{out or MANIFEST_PATH}: {sum(len(s['files']) for s in manifest['sources'].values())} source files, "
+               f"{len(manifest['built'])} built files")
 
 
 def _quiet_transformers() -> None:

@@ -79,14 +79,12 @@ def worker_env(data_dir: str | Path | None) -> dict[str, str]:
     """The environment variables a worker needs from the driver: the cache folder and the data folder
     (absolute, as this process resolves them), and the hub and tokenizer settings."""
     from .backbones import CACHE_ENV, cache_dir
-    from .data import ENV_VAR, DataError, resolve_data_dir
+    from .data import ENV_VAR, resolve_data_dir
 
     env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV) and k != "BENCH_THREADS"}
     env[CACHE_ENV] = str(cache_dir().expanduser().resolve())
-    try:
+    if data_dir or os.environ.get(ENV_VAR):  # else each worker looks the data up as the driver does (cache, ../shared/data)
         env[ENV_VAR] = str(resolve_data_dir(data_dir).resolve())
-    except DataError:
-        pass  # only dataset folders (absolute paths) or hub ids: no benchmark data folder is needed
     return env
 
 

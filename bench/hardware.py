@@ -73,11 +73,13 @@ def thread_count() -> tuple[int, str]:
 _CHOSEN: dict | None = None
 
 
-def configure_threads() -> dict:
-    """Set torch's intra-op thread count once per process (the CLI's start and every run_grid call
-    this); returns what was chosen (recorded in the run log)."""
+def configure_threads(recheck: bool = False) -> dict:
+    """Set torch's intra-op thread count (the CLI's start and every run_grid call this; run_grid again
+    with ``recheck`` before each cell, since other jobs come and go: the idle cores are counted anew
+    unless $BENCH_THREADS or $OMP_NUM_THREADS fixes the count); returns what was chosen (recorded in
+    the run log)."""
     global _CHOSEN
-    if _CHOSEN is None:
+    if _CHOSEN is None or (recheck and not _CHOSEN["threads_from"].startswith("$")):
         import torch
 
         n, why = thread_count()

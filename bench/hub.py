@@ -41,6 +41,28 @@ def network_available(timeout: float = 3.0) -> bool:
     return _NETWORK
 
 
+def cached_revision(repo_id: str, kind: str = "model") -> str | None:
+    """The commit the hub cache's ``main`` points to for ``repo_id`` (None when not cached)."""
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"{kind}s--{repo_id.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def hub_revision(repo_id: str, kind: str = "model") -> str | None:
+    """The commit a hub id resolves to now: the hub's ``main`` when the hub can be reached, else the
+    cache's. Results are keyed by it, so a new revision of a model is a new cell."""
+    if not offline_by_setting() and network_available():
+        try:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            return (api.model_info if kind == "model" else api.dataset_info)(repo_id).sha
+        except Exception:  # noqa: BLE001 - a private or missing repo: the cache (or the load) says more
+            pass
+    return cached_revision(repo_id, kind)
+
+
 def in_local_cache(repo_id: str, kind: str) -> bool:
     """Whether the hub cache already holds ``repo_id`` (a model or a dataset)."""
     try:

@@ -197,6 +197,8 @@ def get(kind: str, name: str) -> Any:
         if name in _BROKEN[kind]:
             raise PluginError(f"{kind} {name!r} is {_BROKEN[kind][name]}") from None
         valid = names(kind)
+        own = (f". To use your own {kind}, register it in a .py file and pass --plugins my_{kind}.py"
+               if kind in ("attack", "defense") else "")
         raise UnknownNameError(
-            f"unknown {kind} {name!r}.{suggest(name, valid)} Registered {kind}s: {', '.join(valid)}"
+            f"unknown {kind} {name!r}.{suggest(name, valid)} Registered {kind}s: {', '.join(valid)}{own}"
         ) from None

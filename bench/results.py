@@ -356,19 +356,23 @@ def run_notes(out_dir: Path) -> list[str]:
     """One line per run of ``runs.jsonl``; runs of one command at one commit (concurrent processes sharing
     the folder, or resumptions) are one line with their count, so a 14-process grid stays readable."""
     groups: dict[tuple, list[dict]] = {}
+    # cells a run computed, counted from the records it wrote: a killed run never wrote its end line
+    by_run = Counter((rec.get("provenance") or {}).get("run_id") for rec in load_records(out_dir))
     for r in read_runs(out_dir):
         groups.setdefault((r.get("command", ""), (r.get("git") or {}).get("commit", "unknown")), []).append(r)
     notes = []
     for (command, commit), runs in groups.items():
         if len(runs) == 1:
-            notes.append(_run_note(runs[0]))
+            r = runs[0]
+            died = "cells_run" not in r and r.get("run_id") in by_run  # killed: no end line, but its records
+            notes.append(_run_note({**r, "cells_run": by_run[r.get("run_id")]} if died else r))
             continue
         statuses = Counter(r["status"] for r in runs)
         walls = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
         notes.append(
             f"`{command}` ran {len(runs)} times (concurrent processes on this folder, or resumptions): "
             + ", ".join(f"{n} {status}" for status, n in statuses.items())
-            + f"; {sum(r.get('cells_run', 0) for r in runs)} cells run in all"
+            + f"; {sum(by_run.get(r.get('run_id'), r.get('cells_run', 0)) for r in runs)} cells run in all"
             + (f", the longest run {max(walls) / 60:.1f} min" if walls else "")
             + f", commit {commit[:10]}"
             + "".join(f"; {r['status']} ({r.get('started', '?')}): {r['error']}" for r in runs

@@ -216,7 +216,9 @@ class DataCache:
         name = resolve_dataset(name)
         if name not in self._cache:
             if registry.has("dataset", name):
-                self._cache[name] = registry.get("dataset", name)().load(resolve_data_dir(self.data_dir))
+                cls = registry.get("dataset", name)
+                root = resolve_data_dir(self.data_dir, need=getattr(cls, "folder", None) or None)
+                self._cache[name] = cls().load(root)
             elif Path(name).is_dir():
                 self._cache[name] = load_csv_folder(name)
             else:
@@ -822,7 +824,9 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
                              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "git": git, **threads})
     reporter.line(f"{len(cells)} cells planned: {len(todo)} to run, {skipped} already recorded in {out_dir}, "
-                  f"{copied} copied; torch uses {threads['threads']} threads ({threads['threads_from']})")
+                  f"{copied} copied; torch uses {threads['threads']} threads ({threads['threads_from']}"
+                  f"{'' if threads['threads_from'].startswith('$') else '; re-checked before each cell'}; "
+                  "BENCH_THREADS=N fixes the count)")
     trainings0 = ev.store.trainings
     end = {"event": "finished"}
     bar = None
@@ -850,6 +854,11 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
                         write_leaderboard(out_dir)
         for i, cell in enumerate(todo if executor is None else [], 1):
             key = keys[id(cell)]
+            now = configure_threads(recheck=True)  # another job may have started or ended meanwhile
+            if now["threads"] != threads["threads"]:
+                reporter.line(f"torch threads {threads['threads']} -> {now['threads']} ({now['threads_from']}; "
+                              "BENCH_THREADS=N fixes the count)")
+            threads = now
             c0 = time.perf_counter()
             steps_t0: list[float] = []
 

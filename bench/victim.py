@@ -7,7 +7,9 @@ matrix, and :meth:`Victim.copy` for a defense that modifies a model.
 :class:`VictimStore` keeps victims on disk (``$BENCH_CACHE_DIR/victims/<key>/``: ``model.safetensors``
 and ``victim.json``, written atomically) keyed by content: the training rows, the selection rows,
 the training-side identity of the defense, the backbone, the profile fields that affect training and
-the seed. A victim is trained once and reused across cells, runs and processes.
+the seed. A victim is trained once and reused across cells, runs and processes: its training is
+claimed like a cell (``victims/claims/<key>.json``, :mod:`bench.claims`), so a second process that
+wants it meanwhile waits for the first to store it and loads it (a stale claim is taken over).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .backbones import cache_dir
 from .training import Encoded, autocast, predict_logits
 
 VICTIM_FORMAT = 1
+WAIT_POLL = 2.0  # seconds between looks at a victim another process is training
 
 
 @dataclass
@@ -126,9 +129,40 @@ class VictimStore:
         JSON-able info to store. A stored victim is loaded into a freshly built structure."""
         if key in self._mem:
             return self._mem[key], False
-        folder = self.folder(key)
         model, tokenizer = build()
-        if (folder / "victim.json").is_file() and (folder / "model.safetensors").is_file():
+        claim = None if self._stored(key) else self._claim(key, str(identity.get("label", "")))
+        try:
+            return self._get(key, model, tokenizer, claim, train, settings, device, identity)
+        finally:
+            if claim is not None:
+                claim.release()
+
+    def _stored(self, key: str) -> bool:
+        folder = self.folder(key)
+        return (folder / "victim.json").is_file() and (folder / "model.safetensors").is_file()
+
+    def _claim(self, key: str, label: str):
+        """Claim the training of victim ``key`` as a cell is claimed, or wait while another live process
+        trains it; None once it is stored (then it is loaded)."""
+        from . import progress
+        from .claims import try_claim
+
+        said = False
+        while True:
+            claim = try_claim(self.root, key, label)
+            if claim is not None or self._stored(key):
+                return claim
+            if not said:
+                progress.note(f"victim {key} is being trained by another process ({self.root}/claims/{key}.json): "
+                              "waiting to load it from the cache")
+                said = True
+            time.sleep(WAIT_POLL)
+
+    def _get(self, key, model, tokenizer, claim, train, settings, device, identity) -> tuple[Victim, bool]:
+        from .claims import beating
+
+        folder = self.folder(key)
+        if self._stored(key):
             from safetensors.torch import load_model
 
             load_model(model, str(folder / "model.safetensors"), strict=True, device="cpu")
@@ -140,7 +174,8 @@ class VictimStore:
             progress.note(f"victim {key} loaded from the cache ({info.get('trained_by', '')})")
             victim, trained = Victim(model, tokenizer, settings, device, key, info), False
         else:
-            info = train(model, tokenizer)
+            with beating(claim):
+                info = train(model, tokenizer)
             self.trainings += 1
             model.to(device).eval()
             self._save(key, model, identity, info)

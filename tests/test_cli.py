@@ -121,6 +121,31 @@ def test_end_to_end_leaderboard_resume_and_compare(toy_dir, tmp_path):
     assert "+5.00" in worse.output and "1 cells only in" in worse.output
 
 
+def test_the_regression_gate_names_the_cells_that_regressed(tmp_path):
+    """Issue 23: --fail-on-regression said how many cells regressed, not which."""
+    cells = [dict(dataset="sst2", backbone="minilm", attack=a, defense=d, seed=1, poison_rate=0.1,
+                  label_regime="dirty", target_label=1, profile="cpu", settings=s, cacc=0.9, asr=0.2)
+             for a, d, s in (("badnets", "lora", ""), ("addsent", "onion", ""), ("badnets", "none", "lora.r=4"))]
+    a = pd.DataFrame(cells)
+    b = a.copy()
+    b.loc[0, "asr"] += 0.05   # badnets/lora: ASR +5 points
+    b.loc[2, "cacc"] -= 0.03  # badnets/none (lora.r=4): CACC -3 points
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    r = runner.invoke(app, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--fail-on-regression", "1"])
+    assert r.exit_code == 1
+    assert "2 cells regress by more than 1.0 points:" in r.output
+    assert "sst2/minilm/badnets/lora seed 1: CACC +0.00, ASR +5.00 points" in r.output
+    assert "sst2/minilm/badnets/none seed 1 (lora.r=4): CACC -3.00, ASR +0.00 points" in r.output
+    assert "addsent/onion seed 1:" not in r.output
+
+
+def test_run_force_help_says_victims_come_from_the_cache():
+    r = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    text = " ".join(r.output.replace("│", " ").split())  # the help's box, unwrapped
+    assert "still reused from the victim cache" in text and "bench cache clear" in text
+
+
 def test_compare_rejects_a_file_that_is_not_a_leaderboard(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     r = runner.invoke(app, ["compare", str(tmp_path / "x.csv"), str(tmp_path / "x.csv")])

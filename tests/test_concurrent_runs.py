@@ -63,3 +63,48 @@ def test_a_killed_run_loses_no_finished_cell_and_is_named_in_the_log(toy_dir, tm
     assert len(records(out)) == len(DEFENSES)
     assert not list((out / "records").glob("*.tmp"))
     assert len(pd.read_csv(out / "leaderboard.csv")) == len(DEFENSES)
+
+
+def test_two_processes_wanting_one_victim_train_it_once(tmp_path, monkeypatch):
+    """Issue 23: victims are claimed like cells; the second process waits, then loads the stored one."""
+    import threading
+
+    import torch
+
+    from bench import victim as victim_mod
+    from bench.profiles import get_profile
+
+    monkeypatch.setattr(victim_mod, "WAIT_POLL", 0.05)
+    stores = [victim_mod.VictimStore(tmp_path / "victims"), victim_mod.VictimStore(tmp_path / "victims")]
+    started = threading.Event()
+
+    def train(model, tokenizer):
+        started.set()
+        time.sleep(1.0)  # long enough for the other process to ask for the same victim meanwhile
+        with torch.no_grad():
+            model.weight.fill_(0.5)
+        return {"trained_by": "first"}
+
+    got = {}
+
+    def want(i):
+        if i == 1:
+            started.wait(10)
+        got[i] = stores[i].get("k", lambda: (torch.nn.Linear(2, 2), None), train, get_profile("smoke"),
+                                torch.device("cpu"), {"label": "toy"})
+
+    threads = [threading.Thread(target=want, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stores[0].trainings + stores[1].trainings == 1
+    assert got[0][1] is True and got[1][1] is False and stores[1].loads == 1
+    assert torch.all(got[1][0].model.weight == 0.5)  # the second loaded what the first trained
+    assert not list((tmp_path / "victims" / "claims").glob("*.json"))  # the claim is released
+    # a stale victim claim (its process died) is taken over: the victim is trained, not waited for
+    dead = {"pid": 2 ** 22 + 12345, "host": os.uname().nodename, "cell": "x", "since": "then"}
+    (tmp_path / "victims" / "claims" / "k2.json").write_text(json.dumps(dead))
+    v, trained = stores[0].get("k2", lambda: (torch.nn.Linear(2, 2), None), lambda m, t: {}, get_profile("smoke"),
+                               torch.device("cpu"), {})
+    assert trained

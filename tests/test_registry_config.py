@@ -22,6 +22,14 @@ def test_unknown_name_says_did_you_mean_and_lists_valid_names():
     assert "addsent" in msg
 
 
+def test_unknown_attack_or_defense_says_how_to_register_ones_own():
+    """Issue 23: a name a --plugins file would register: the error says how."""
+    for kind in ("defense", "attack"):
+        with pytest.raises(registry.UnknownNameError) as e:
+            registry.get(kind, "my-own-method")
+        assert f"--plugins my_{kind}.py" in str(e.value)
+
+
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="kinds are"):
         registry.names("defence")

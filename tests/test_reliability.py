@@ -118,6 +118,48 @@ def test_claims_split_the_work_and_stale_claims_are_taken_over(tmp_path):
     assert claims.try_claim(tmp_path, "k3") is not None
 
 
+def test_racing_takeovers_of_one_stale_claim_have_exactly_one_winner(tmp_path, monkeypatch):
+    """Issue 23: check-then-rename let two processes both take the same dead claim."""
+    import threading
+
+    from bench import claims
+
+    judge, seen = claims.is_stale, threading.local()
+    n = 6
+    barrier = threading.Barrier(n)
+
+    def slow_is_stale(path):  # every racer judges the dead claim stale before any acts on it
+        stale = judge(path)
+        if not getattr(seen, "done", False):
+            seen.done = True
+            barrier.wait(timeout=10)
+        return stale
+
+    monkeypatch.setattr(claims, "is_stale", slow_is_stale)
+    for round_ in range(10):
+        key = f"k{round_}"
+        (tmp_path / "claims").mkdir(exist_ok=True)
+        dead = {"pid": 2 ** 22 + 12345, "host": os.uname().nodename, "cell": "x", "since": "then"}
+        (tmp_path / "claims" / f"{key}.json").write_text(json.dumps(dead))
+        won = []
+
+        def race():
+            seen.done = False
+            c = claims.try_claim(tmp_path, key)
+            if c is not None:
+                won.append(c)
+
+        threads = [threading.Thread(target=race) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        barrier.reset()
+        assert len(won) == 1, f"round {round_}: {len(won)} racers took the same stale claim"
+        assert json.loads((tmp_path / "claims" / f"{key}.json").read_text())["nonce"] == won[0].nonce
+        assert not list((tmp_path / "claims").glob(f"{key}.takeover-*"))  # tokens are removed
+
+
 def test_a_cell_claimed_by_another_live_run_is_left_to_it(toy_dir, tmp_path):
     from bench import claims
 
@@ -188,6 +230,39 @@ def test_thread_count_respects_the_environment_and_affinity(monkeypatch):
     assert hardware.thread_count()[0] == 4
     monkeypatch.setattr(hardware, "busy_elsewhere", lambda: 2.0)  # another process is busy on two cores
     assert hardware.thread_count()[0] == 2
+
+
+def test_the_thread_count_is_decided_per_cell_and_says_how_to_fix_it(toy_dir, tmp_path, monkeypatch, capsys):
+    """Issue 23: a run started while another job was busy kept one thread after that job ended."""
+    import torch
+
+    from bench import hardware
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("BENCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "_CHOSEN", None)
+    answers = iter([(2, "idle cores (2 of 2 available; 0 busy elsewhere)")]  # (2 -> 1 keeps the test cheap)
+                   + [(1, "idle cores (1 of 2 available; 1 busy elsewhere)")] * 5)
+    monkeypatch.setattr(hardware, "thread_count", lambda: next(answers))
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "strip"], [1], get_profile("smoke"))
+    try:
+        run_grid(cells, tmp_path / "out", progress="lines")
+        assert torch.get_num_threads() == 1  # another job started: the next cell left it a core
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert "torch uses 2 threads (idle cores" in err and "re-checked before each cell" in err
+    assert "torch threads 2 -> 1 (idle cores (1 of 2" in err and err.count("BENCH_THREADS=N") == 2
+    assert err.count("torch threads") == 1  # logged when it changes, not before every cell
+    # an explicit count is never second-guessed
+    monkeypatch.setenv("BENCH_THREADS", "1")
+    monkeypatch.setattr(hardware, "_CHOSEN", None)
+    monkeypatch.setattr(hardware, "thread_count", lambda: (1, "$BENCH_THREADS"))
+    assert hardware.configure_threads()["threads"] == 1
+    monkeypatch.setattr(hardware, "thread_count", lambda: (2, "idle cores"))
+    assert hardware.configure_threads(recheck=True) == {"threads": 1, "threads_from": "$BENCH_THREADS",
+                                                         "available_cores": hardware.available_cores()}
 
 
 def test_lines_mode_prints_a_line_per_cell_and_epoch_with_what_remains(toy_dir, tmp_path):
@@ -314,6 +389,25 @@ def test_runs_of_one_command_are_one_line_of_the_leaderboard(tmp_path):
     assert notes[0].startswith("`bench run x` ran 3 times") and "6 cells run in all" in notes[0]
     assert "3 finished" in notes[0] and "the longest run 3.0 min" in notes[0]
     assert notes[1].startswith("run `bench run y`: 1 cells run")
+
+
+def test_cells_run_in_all_counts_the_records_of_killed_runs(tmp_path):
+    """Issue 23: killed runs write no end line; the leaderboard said 4 cells run where 8 were computed."""
+    from bench.results import append_run, run_notes, write_json_atomic
+
+    for i in range(4):  # two killed runs, two finished ones, of one command
+        append_run(tmp_path, {"event": "started", "run_id": f"r{i}", "command": "bench run x",
+                              "pid": 2 ** 22 + 12345, "host": os.uname().nodename, "git": {"commit": "abc"}})
+        if i >= 2:
+            append_run(tmp_path, {"event": "finished", "run_id": f"r{i}", "command": "bench run x", "cells_run": 2,
+                                  "git": {"commit": "abc"}})
+        for j in range(2):
+            write_json_atomic(tmp_path / "records" / f"c{i}{j}.json",
+                              {"key": f"c{i}{j}", "row": {}, "config": {}, "provenance": {"run_id": f"r{i}"}})
+    notes = run_notes(tmp_path)
+    assert "8 cells run in all" in notes[0], notes
+    (tmp_path / "runs.jsonl").write_text("\n".join((tmp_path / "runs.jsonl").read_text().splitlines()[:1]) + "\n")
+    assert "died (killed, or its machine stopped) after 2 cells" in run_notes(tmp_path)[0]
 
 
 def test_precision_auto_is_fp32_on_every_device_and_bf16_only_when_asked():
