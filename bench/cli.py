@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import registry
-from .config import ConfigError, parse_assignments
+from .config import ConfigError, parse_assignments, parse_sweeps
 from .data import ENV_VAR, DataError
 from .errors import BenchError
 from .profiles import MAIN_JOB, PROFILES, get_profile
@@ -138,10 +138,14 @@ def run(
     ray_cpus: Optional[float] = typer.Option(
         None, "--ray-cpus", metavar="N", help="With --executor ray: CPUs per cell when the cluster has no GPU (default "
                                               "1; with GPUs each cell takes one GPU)."),
+    sweep: Optional[List[str]] = typer.Option(
+        None, "--sweep", metavar="PLUGIN.KEY=V1,V2,...",
+        help="Cross a setting over several values, each value its own cell (repeatable; sweeps cross each other "
+             "and -a/-d/--seed), e.g. --sweep badnets.num_triggers=1,4 --sweep profile.train_size=1500,6920."),
     data_dir: Optional[Path] = DataDirOpt,
     plugins: Optional[List[Path]] = PluginsOpt,
 ) -> None:
-    """Run cells (dataset x backbone x attack x defense x seed) and write the leaderboard."""
+    """Run cells (dataset x backbone x attack x defense x seed, x each --sweep value) and write the leaderboard."""
     from .executors import make_executor
     from .runner import plan, run_grid
 
@@ -179,10 +183,14 @@ def run(
                                     ("target_label", target_label)) if v is not None}
         for a in attacks:
             settings.setdefault(a, {}).update({k: str(v) for k, v in common.items()})
-        cells = plan(
-            list(dataset or prof.datasets), list(backbone or prof.backbones), list(attacks), list(defenses),
-            list(seed or [1]), prof, settings,
-        )
+        cells = []
+        for combo in parse_sweeps(sweep or [], {**settings, "profile": profile_settings}):
+            chosen = {p: {**settings.get(p, {}), **combo.get(p, {})} for p in {*settings, *combo} if p != "profile"}
+            swept = get_profile(profile or "cpu", {**profile_settings, **combo["profile"]}) if "profile" in combo else prof
+            cells += plan(
+                list(dataset or swept.datasets), list(backbone or swept.backbones), list(attacks), list(defenses),
+                list(seed or [1]), swept, chosen,
+            )
         out_dir = out or Path("results") / prof.name
         summary = run_grid(cells, out_dir, data_dir=data_dir, command=command,
                            progress="lines" if no_progress else "auto", force=force, reuse=reuse,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .errors import BenchError
 
 import dataclasses
+import itertools
 import json
 import typing
 from typing import Any, Mapping
@@ -145,3 +146,48 @@ def parse_assignments(items: list[str]) -> dict[str, dict[str, str]]:
             )
         out.setdefault(plugin.strip(), {})[key.strip()] = value.strip()
     return out
+
+
+def _split_values(text: str) -> list[str]:
+    """``"0.01,0.05"`` -> two values; commas inside brackets stay (``[cf,mn],[tq]`` is two lists)."""
+    values, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{(" and 1 or (-1 if ch in "]})" else 0)
+        if ch == "," and depth == 0:
+            values.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    values.append(cur.strip())
+    return values
+
+
+def parse_sweeps(items: list[str], fixed: dict[str, dict[str, str]] | None = None) -> list[dict[str, dict[str, str]]]:
+    """``["badnets.poison_rate=0.01,0.1", "profile.train_size=1500,6920"]`` -> every combination of the
+    values, each as the assignments ``parse_assignments`` gives (``[{}]`` for no sweep). A key swept twice,
+    or also fixed by --set (``fixed``), an empty value and a repeated value are errors."""
+    axes, seen = [], set()
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--sweep {item!r}: write PLUGIN.KEY=V1,V2,..., for example "
+                              "--sweep badnets.poison_rate=0.01,0.05,0.1")
+        lhs, rhs = item.split("=", 1)
+        plugin, key = (part.strip() for part in lhs.split(".", 1))
+        values = _split_values(rhs)
+        if not plugin or not key or any(v == "" for v in values):
+            raise ConfigError(f"--sweep {item!r}: the plugin, the key and every value must be non-empty "
+                              "(PLUGIN.KEY=V1,V2,...)")
+        if (plugin, key) in seen or key in (fixed or {}).get(plugin, {}):
+            raise ConfigError(f"--sweep {item!r}: {plugin}.{key} is already {'swept' if (plugin, key) in seen else 'set by --set'}"
+                              "; give each setting one --set or one --sweep")
+        if len(set(values)) < len(values):
+            raise ConfigError(f"--sweep {item!r}: a value is repeated; each value is one cell")
+        seen.add((plugin, key))
+        axes.append([(plugin, key, v) for v in values])
+    combos = []
+    for combo in itertools.product(*axes):
+        assignment: dict[str, dict[str, str]] = {}
+        for plugin, key, value in combo:
+            assignment.setdefault(plugin, {})[key] = value
+        combos.append(assignment)
+    return combos

@@ -325,3 +325,18 @@ def test_help_names_every_command_and_shows_brackets_as_typed():
     assert r.exit_code == 0
     assert "pip install 'bench[ray]'" in r.output
     assert "list[str]" not in r.output
+
+
+def test_sweep_makes_one_keyed_cell_per_value_and_the_row_shows_it(tmp_path, toy_dir):
+    out = tmp_path / "out"
+    r = invoke("run", "-a", "badnets", "-d", "none", "--dataset", str(toy_dir), "-b", "tiny-bert", "--profile", "smoke",
+               "--set", "profile.epochs=1", "--sweep", "badnets.num_triggers=1,2", "--out", str(out), "--no-progress")
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    cells = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(cells["trigger_count"]) == [1, 2] and cells["key"].nunique() == 2
+    assert set(cells["settings"]) == {"badnets.num_triggers=1; profile.epochs=1", "badnets.num_triggers=2; profile.epochs=1"}
+    bad = runner.invoke(app, ["run", "-a", "badnets", "-d", "none", "--dataset", str(toy_dir), "-b", "tiny-bert",
+                              "--sweep", "badnets.num_trigers=1,2", "--out", str(out), "--no-progress"])
+    assert bad.exit_code == 2 and "num_trigers" in bad.output

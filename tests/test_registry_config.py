@@ -123,3 +123,30 @@ def test_a_plugin_with_a_missing_dependency_fails_alone(tmp_path, monkeypatch):
         assert "none" in registry.names("defense")  # the others keep working
     finally:
         registry._ENTRIES["defense"].pop("test-works", None)
+
+
+# --- --sweep: a setting crossed over several values ---------------------------------------------
+
+def test_sweeps_cross_each_other_and_keep_bracketed_lists_whole():
+    from bench.config import parse_sweeps
+
+    combos = parse_sweeps(["badnets.num_triggers=1,4", "badnets.triggers=[cf,mn],[tq]", "profile.epochs=2,3"])
+    assert len(combos) == 8
+    assert {c["badnets"]["triggers"] for c in combos} == {"[cf,mn]", "[tq]"}
+    assert {(c["badnets"]["num_triggers"], c["profile"]["epochs"]) for c in combos} == {
+        ("1", "2"), ("1", "3"), ("4", "2"), ("4", "3")}
+    assert parse_sweeps([]) == [{}]
+
+
+@pytest.mark.parametrize("items, fixed, message", [
+    (["badnets.poison_rate"], None, "write PLUGIN.KEY=V1,V2"),
+    (["badnets.poison_rate=0.1,,0.2"], None, "must be non-empty"),
+    (["badnets.poison_rate=0.1,0.1"], None, "a value is repeated"),
+    (["lora.r=4,8", "lora.r=16"], None, "already swept"),
+    (["lora.r=4,8"], {"lora": {"r": "16"}}, "already set by --set"),
+])
+def test_bad_sweeps_are_clear_errors(items, fixed, message):
+    from bench.config import ConfigError, parse_sweeps
+
+    with pytest.raises(ConfigError, match=message):
+        parse_sweeps(items, fixed)
