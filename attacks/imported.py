@@ -569,7 +569,7 @@ def musclelora_release(data_dir: str | Path, dataset: str, attacks: list[str] | 
     root = Path(data_dir) / "published" / "musclelora" / RELEASE_DATASETS[dataset] / str(target)
     if not root.is_dir():
         raise AttackError(f"{root} does not exist; the benchmark data folder (--data-dir) holds the release under "
-                          "published/musclelora/ (see its README)")
+                          "published/musclelora/ (`bench data fetch musclelora-release` builds it; docs/data.md)")
     out = []
     for a in attacks or RELEASE_ATTACKS:
         if a not in RELEASE_ATTACKS:

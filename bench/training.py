@@ -46,7 +46,7 @@ def autocast(device: torch.device, precision: str):
     """bf16 autocast only when asked for (`precision=bf16`); `auto` and `fp32` compute in fp32 on every device.
 
     bf16 changes the numerics, and the suite keeps a numerics-changing lever off by default until a 3-seed check
-    shows CACC and ASR within seed noise (README, "Cost of a cell"); no such check has been run on bf16 hardware.
+    shows CACC and ASR within seed noise (docs/cost.md); no such check has been run on bf16 hardware.
     """
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -1,5 +1,5 @@
 """A dataset x attack by defense table (CACC / ASR, and FRR where a defense rejects) from a
-leaderboard CSV, as the README shows it.
+leaderboard CSV, as docs/findings.md shows it.
 
     python benchmarks/defense_table.py results/baselines-inference/leaderboard.csv
 """

@@ -1,4 +1,4 @@
-"""Defense x attack tables (one per dataset) of one seed's records, as the README shows them:
+"""Defense x attack tables (one per dataset) of one seed's records, as docs/findings.md shows them:
 CACC / ASR in percent; `none`'s and the controls' untriggered rate in brackets; the data filters'
 precision / recall of removed rows; the rejecting defenses' FRR and rejected poisoned inputs. Reads the
 folder's leaderboard.csv (what `bench leaderboard` rebuilds from the records).

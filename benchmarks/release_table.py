@@ -1,4 +1,4 @@
-"""The README's tables of issue 13: the MuScleLoRA release's poisoned data (`file:musclelora-<attack>`) beside
+"""The tables of issue 13 (docs/findings.md): the MuScleLoRA release's poisoned data (`file:musclelora-<attack>`) beside
 our own attack of the same kind, per dataset and defense: CACC and ASR as mean ± the 95 % Student-t half-width
 over seeds (the leaderboard's own intervals, `leaderboard_cells.csv`), and Welch's p-value of the two ASRs and
 of the two CACCs (from the seeds' rows; "-" with fewer than 2 seeds on a side).

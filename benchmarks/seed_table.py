@@ -1,4 +1,4 @@
-"""The README's table of one attack x dataset over seeds: mean ± the 95 % Student-t half-width of CACC
+"""The table (docs/findings.md) of one attack x dataset over seeds: mean ± the 95 % Student-t half-width of CACC
 and ASR per defense (the leaderboard's own intervals, `leaderboard_cells.csv`), the untriggered rate,
 and Welch's p-value of each defense's ASR against `none` and against the `clean-only` control (the 384
 clean rows alone).

@@ -1,4 +1,4 @@
-"""The declared choice of the MuScleLoRA family's `cpu` schedule (README, "Tuning protocol").
+"""The declared choice of the MuScleLoRA family's `cpu` schedule (docs/tuning.md).
 
 Reads the tuning cells in a results folder (AG News, dirty-label BadNets: `none` and each of
 `musclelora`, `ga`, `ga-lora` at the four declared (reference_size, ga_epoch) candidates) and applies

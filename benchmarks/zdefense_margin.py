@@ -1,4 +1,4 @@
-"""How far chosen word n-grams sit from Z-defence's bar on one training file (the README's HSOL SynBkd reading):
+"""How far chosen word n-grams sit from Z-defence's bar on one training file (docs/findings.md, the HSOL SynBkd reading):
 each feature's z-score with each label and the bar (mean + lambda_std x std of every z),
 all from `defenses/zdefense.py`'s own functions at its defaults (the removed rows are not counted here).
 

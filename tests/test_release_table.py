@@ -1,4 +1,4 @@
-"""The README's release-vs-ours tables (benchmarks/release_table.py), read from the committed GPU folders."""
+"""The release-vs-ours tables of docs/findings.md (benchmarks/release_table.py), read from the committed GPU folders."""
 
 import importlib.util
 import json
