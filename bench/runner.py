@@ -790,10 +790,13 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
     existing = load_records(out_dir)
     done = {config_key(r["config"]): r["key"] for r in existing}
     elsewhere = {config_key(r["config"]): (Path(d), r) for d in (reuse or []) for r in load_records(Path(d))}
-    todo, skipped, copied, keys = [], 0, 0, {}
+    todo, skipped, copied, keys, unique = [], 0, 0, {}, []
     for cell in cells:  # resolve data and keys first: bad data fails before any training
         key = config_key(cell_config(cell, ev.data.get(cell.dataset)))
+        if key in keys.values():
+            continue  # planned twice (a --sweep over a setting that this cell's plugins do not have): run once
         keys[id(cell)] = key
+        unique.append(cell)
         if key in done and not force:
             skipped += 1
         elif key in elsewhere and not force:
@@ -815,6 +818,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
             seen_groups.add(group)
         expected[id(cell)] = _expected_steps(cell, ev.data.get(cell.dataset)) if trains else 0
     clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()])
+    cells = unique
     run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(2).hex()}"
     status = {"ran": 0, "claimed_elsewhere": 0, "victims_trained_elsewhere": 0}
     failed: list[dict] = []

@@ -340,3 +340,12 @@ def test_sweep_makes_one_keyed_cell_per_value_and_the_row_shows_it(tmp_path, toy
     bad = runner.invoke(app, ["run", "-a", "badnets", "-d", "none", "--dataset", str(toy_dir), "-b", "tiny-bert",
                               "--sweep", "badnets.num_trigers=1,2", "--out", str(out), "--no-progress"])
     assert bad.exit_code == 2 and "num_trigers" in bad.output
+
+
+def test_a_sweep_over_one_defense_setting_runs_the_other_defense_once(tmp_path, toy_dir):
+    out = tmp_path / "out"
+    r = invoke("run", "-a", "badnets", "-d", "none", "-d", "lora", "--dataset", str(toy_dir), "-b", "tiny-bert",
+               "--profile", "smoke", "--set", "profile.epochs=1", "--sweep", "lora.r=2,4", "--out", str(out),
+               "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "records").glob("*.json"))) == 3
