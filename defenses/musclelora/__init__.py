@@ -33,7 +33,7 @@ from .alignment import AlignmentSettings, aligned_backward
 from .layers import add_multiscale, default_scales, replace_decoder_head
 
 # Settings for the cpu profile (3 epochs on a 3000-row slice). First found on SST-2 test ASR
-# (results/tuning: exploration, not evidence), then kept by the declared tuning protocol (docs/tuning.md "Tuning
+# (results/superseded/tuning: exploration, not evidence), then kept by the declared tuning protocol (docs/tuning.md "Tuning
 # protocol", results/tuning-protocol/family: AG News dirty-label BadNets, highest task score of 384/96
 # reference rows x ga_epoch 0/1, for musclelora, ga and ga-lora alike).
 CPU_ALIGNMENT = {"reference_size": 384, "ga_epoch": 0}

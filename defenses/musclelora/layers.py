@@ -108,7 +108,7 @@ def default_scales(loaded: LoadedModel) -> list[float]:
 
     Encoders narrower than BERT-base (MiniLM: 384) get [1,2,3,4], the paper's smallest list: on
     MiniLM the BERT-base list slowed clean learning (dev accuracy 73 % after one epoch against 85 %)
-    and left a higher ASR (results/tuning, docs/findings.md, "MuScleLoRA on MiniLM")."""
+    and left a higher ASR (results/superseded/tuning, docs/findings.md, "MuScleLoRA on MiniLM")."""
     hidden = getattr(loaded.model.config, "hidden_size", 768)
     if loaded.is_decoder:
         return [1, 2, 3, 4]
