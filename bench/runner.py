@@ -603,6 +603,16 @@ def _grid_order(cell: Cell) -> tuple:
             cell.defense.cls.acts_in_training(), cell.defense.name)
 
 
+def _expected_inputs(cell: Cell, data: TextDataset) -> int:
+    """Test inputs a cell predicts (clean test rows plus their non-target rows with the trigger), for
+    the grid's time estimate: an inference-time defense's cost grows with them."""
+    n = len(data.test) if cell.profile.test_size is None else min(cell.profile.test_size, len(data.test))
+    target = getattr(cell.attack.config, "target_label", None)
+    target = data.default_target if target is None else target
+    labels = np.asarray(data.test["label"])
+    return n + round(n * float(np.mean(labels != target))) if len(labels) else n
+
+
 def _expected_steps(cell: Cell, data: TextDataset) -> int:
     """Training steps a cell's victim takes (for the grid's time estimate)."""
     prof = cell.profile
@@ -618,10 +628,12 @@ class GridClock:
 
     PLAIN = "(plain fine-tuning)"  # the trainer of every post-training defense's victim
 
-    def __init__(self, cells: list[Cell], steps: dict[int, int], known: list[dict] | None = None):
+    def __init__(self, cells: list[Cell], steps: dict[int, int], known: list[dict] | None = None,
+                 inputs: dict[int, int] | None = None):
         self.cells, self.steps = cells, steps  # steps: id(cell) -> expected training steps (0: shares a victim)
+        self.inputs = inputs or {}  # id(cell) -> test inputs it predicts (absent: counted as 1)
         self.step_rate: dict[str, list[float]] = {}  # trainer -> [seconds, steps]
-        self.eval_cost: dict[str, list[float]] = {}  # defense -> [seconds besides training, cells]
+        self.eval_cost: dict[str, list[float]] = {}  # defense -> [seconds besides training, test inputs]
         for rec in known or []:  # records already made (this folder, --reuse) give priors for the rates
             self.observe_record(rec)
         self.done: set[int] = set()
@@ -647,7 +659,7 @@ class GridClock:
             trained = float(row.get("train_seconds") or 0.0) if row.get("victim_trained_here") else 0.0
             acc = self.eval_cost.setdefault(row["defense"], [0.0, 0])
             acc[0] += max(0.0, float(wall) - trained)
-            acc[1] += 1
+            acc[1] += int(row.get("n_test_clean") or 0) + int(row.get("n_test_poison") or 0) or 1
 
     def observe_cell(self, cell: Cell) -> None:
         """``cell`` needs no more time (finished, recorded meanwhile, or left to another run)."""
@@ -681,11 +693,12 @@ class GridClock:
                 if rate is None:
                     return None
                 left += steps * rate
-            left += self._eval_estimate(cell.defense.name) or 0.0
+            left += (self._eval_estimate(cell.defense.name) or 0.0) * self.inputs.get(id(cell), 1)
         return left
 
     def _eval_estimate(self, name: str) -> float | None:
-        """Seconds a cell of defense ``name`` needs besides training: its own measured mean, else the
+        """Seconds per test input a cell of defense ``name`` needs besides training (a cell costs this
+        times its inputs: ONION on 2,733 inputs is not ONION on 450): its own measured rate, else the
         median over measured defenses of the same kind (training-time or post-training). Not the mean
         over all: one slow inference-time defense (ONION scores every word) would otherwise be charged
         to every defense not yet measured, and the estimate ran at twice the real time."""
@@ -817,7 +830,8 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
         if not cell.defense.cls.acts_in_training():
             seen_groups.add(group)
         expected[id(cell)] = _expected_steps(cell, ev.data.get(cell.dataset)) if trains else 0
-    clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()])
+    inputs = {id(cell): _expected_inputs(cell, ev.data.get(cell.dataset)) for cell in todo}
+    clock = GridClock(todo, expected, known=existing + [r for _, r in elsewhere.values()], inputs=inputs)
     cells = unique
     run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(2).hex()}"
     status = {"ran": 0, "claimed_elsewhere": 0, "victims_trained_elsewhere": 0}

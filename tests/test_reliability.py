@@ -334,6 +334,26 @@ def test_the_grid_estimate_comes_from_measured_step_costs(toy_dir):
     assert clock._eval_estimate("strip") == 10.0 and clock._eval_estimate("lora") == 0.0
 
 
+def test_the_estimate_charges_an_inference_defense_per_test_input(toy_dir):
+    """ONION measured on 450 inputs costs six times as much on 2,700 (the held-out dataset of issue 24,
+    where the estimate said 22 min and ONION alone took 45)."""
+    from bench.data import load_csv_folder
+    from bench.runner import GridClock, _expected_inputs
+
+    prof = get_profile("smoke")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["onion", "strip"], [1], prof)
+    data = load_csv_folder(toy_dir)
+    assert _expected_inputs(cells[0], data) == 80 + 40  # 80 clean test rows, 40 of them not of the target
+    onion = {"row": {"defense": "onion", "victim_trained_here": False, "n_test_clean": 300, "n_test_poison": 150},
+             "provenance": {"wall_seconds": 450.0}}
+    clock = GridClock(cells, {id(c): 0 for c in cells}, known=[onion], inputs={id(c): 2700 for c in cells})
+    assert clock._eval_estimate("onion") == pytest.approx(1.0)
+    # strip has no rate yet: the median over measured post-training defenses (onion's 1 s per input)
+    assert clock.remaining() == pytest.approx(2700 * 1.0 * 2)
+    clock.observe_cell(cells[0])
+    assert clock.remaining() == pytest.approx(2700.0)
+
+
 def test_keep_going_logs_a_failing_cell_and_runs_the_others(toy_dir, tmp_path, monkeypatch):
     from bench import runner as runner_mod
 
