@@ -5,12 +5,19 @@ trained, on a copy of the victim, so that the protected label's probability of a
 by ``prob_lower``..``prob_upper`` when the word is added. A backdoored input predicted as the
 protected label holds on to it (the trigger dominates), so its drop is small: an input the victim
 predicts as the protected label whose drop falls under the ``frr`` quantile of the clean drops is
-rejected (-1). Inputs predicted as another label keep the victim's prediction.
+rejected (-1).
 
-Differences from the authors' code (lancopku/RAP) and OpenBackdoor's port: the protected label is a
-setting (the defender's choice), never read from the poisoned test set; the clean rows are the
-defender's calibration rows; the word is ``mb`` by default (``cf`` is a BadNets trigger word here);
-the default step size and epochs are larger (see ``RapConfig``), for the much smaller construction set.
+Which label is protected. The authors' code takes the target label as an argument, and OpenBackdoor's
+port reads it from the poisoned data: both know what the defender cannot. Here (version 2) the
+default protects every label: the word's embedding is trained once per label (each time from the
+original row, on that label's correctly classified clean rows, with its own threshold), and an input
+is judged by the RAP of the label the victim predicts, so nothing depends on knowing the target.
+``protected_label=N`` protects one label only (version 1 protected label 1 by default, which is the
+target of SST-2 and HSOL: an oracle there, and the wrong label on AG News).
+
+Other differences from the authors' code (lancopku/RAP): the clean rows are the defender's
+calibration rows; the word is ``mb`` by default (``cf`` is a BadNets trigger word here); the default
+step size and epochs are larger (see ``RapConfig``), for the much smaller construction set.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from bench.training import autocast
 @dataclass(frozen=True)
 class RapConfig:
     word: str = "mb"  # the RAP word, put in front of every sentence
-    protected_label: int = 1  # the label RAP protects: a defender's choice, never read from the data
+    # the label RAP protects (a defender's choice, never read from the data); None: every label, each
+    # with its own trained word embedding and threshold
+    protected_label: int | None = None
     n_calibration: int = 200  # defender's clean rows; the protected-label rows the victim gets right train RAP
     prob_lower: float = 0.1  # wanted drop of the protected-label probability on clean inputs: at least
     prob_upper: float = 0.3  # ... and at most
@@ -50,7 +59,7 @@ class RapConfig:
     def validate(self) -> None:
         if not self.word.strip():
             raise ConfigError("rap.word must be a non-empty word")
-        if self.protected_label < 0:
+        if self.protected_label is not None and self.protected_label < 0:
             raise ConfigError(f"rap.protected_label must be >= 0, got {self.protected_label}")
         if not 0.0 <= self.prob_lower < self.prob_upper <= 1.0:
             raise ConfigError(
@@ -69,6 +78,7 @@ class RAP(Defense):
     """RAP: a trained rare-word perturbation; rejects protected-label inputs it barely moves (Yang et al., 2021)."""
 
     Config = RapConfig
+    version = 2  # protects every label by default (version 1: label 1, the target of SST-2 and HSOL)
     profile_defaults = {"smoke": {"n_calibration": 48, "rap_epochs": 2}}
 
     @classmethod
@@ -90,57 +100,74 @@ class RAP(Defense):
             )
         return ids
 
-    def drops(self, texts: list[str], p_protected: np.ndarray) -> np.ndarray:
-        """How much the protected label's probability (``p_protected``: the victim's, without the
-        word) falls when the RAP word is added, measured on the RAP copy."""
+    def drops(self, texts: list[str], p_label: np.ndarray, k: int) -> np.ndarray:
+        """How much label ``k``'s probability (``p_label``: the victim's, without the word) falls when
+        the word, as trained for label ``k``, is added; measured on the RAP copy."""
         if not texts:
             return np.zeros(0, dtype=np.float64)
-        return p_protected - self._rap.probs(self.perturb(texts))[:, self.config.protected_label]
+        self._use_rows(k)
+        return p_label - self._rap.probs(self.perturb(texts))[:, k]
+
+    def _use_rows(self, k: int) -> None:
+        """Put label ``k``'s trained word embedding into the copy."""
+        with torch.no_grad():
+            weight = self._rap.model.get_input_embeddings().weight
+            weight[self._idx] = self._rows[k].to(weight.device, weight.dtype)
 
     # --- after training --------------------------------------------------------------------
     def calibrate(self, victim: Any, ctx: DefenseContext) -> None:
         c = self.config
-        k = c.protected_label
-        if not 0 <= k < ctx.num_labels:
+        if c.protected_label is not None and not 0 <= c.protected_label < ctx.num_labels:
             raise ConfigError(
-                f"rap.protected_label={k} is out of range: this dataset has {ctx.num_labels} labels "
-                f"(0..{ctx.num_labels - 1}); set it with --set rap.protected_label=N"
+                f"rap.protected_label={c.protected_label} is out of range: this dataset has {ctx.num_labels} "
+                f"labels (0..{ctx.num_labels - 1}); set it with --set rap.protected_label=N, or leave it unset "
+                "to protect every label"
             )
+        protected = [c.protected_label] if c.protected_label is not None else list(range(ctx.num_labels))
         rows = ctx.clean(c.n_calibration)
         texts, labels = list(rows["text"]), np.asarray(rows["label"], dtype=np.int64)
         self._rap = victim.copy()
         self._seen, self._rejected = 0, 0
         ids = self.word_ids(self._rap.tokenizer)
-
-        # the protected-label rows the victim classifies correctly construct RAP and set the threshold
+        self._idx = torch.tensor(ids, device=self._rap.model.get_input_embeddings().weight.device)
+        original = self._rap.model.get_input_embeddings().weight.detach()[self._idx].clone()
         probs = victim.probs(texts)
+        self._rows, self._threshold = {}, {}
+        per_label = {}
+        for k in protected:
+            self._rows[k] = original
+            self._use_rows(k)  # each label's word starts from the original embedding
+            per_label[k] = self._calibrate_label(k, texts, labels, probs, ids, ctx)
+        if c.protected_label is not None:
+            ctx.log(rap_protected_label=c.protected_label, rap_token_ids=ids, **per_label[c.protected_label])
+        else:
+            ctx.log(rap_protected_label="every", rap_token_ids=ids,
+                    rap_per_label={str(k): v for k, v in per_label.items()})
+
+    def _calibrate_label(self, k: int, texts, labels, probs, ids, ctx) -> dict:
+        """Train the word for label ``k`` on its correctly classified clean rows and set its threshold."""
+        c = self.config
         keep = (labels == k) & (probs.argmax(-1) == k)
         train_texts = [t for t, m in zip(texts, keep) if m]
         p0 = probs[keep, k]
-        stats: dict[str, Any] = {"rap_protected_label": k, "rap_token_ids": ids, "rap_rows": len(train_texts)}
         if not train_texts:
-            # nothing to construct RAP on: reject nothing rather than guess a threshold
-            self._threshold = None
-            stats.update(rap_threshold=None, rap_clean_drop_mean=None, rap_in_range_share=None,
-                         rap_note="no calibration row of the protected label is classified correctly")
-            ctx.log(**stats)
-            return
-        losses = self._construct(train_texts, p0, ids, ctx)
-        drop = self.drops(train_texts, p0)
-        self._threshold = float(np.quantile(drop, c.frr))
+            # nothing to construct RAP on: reject nothing for this label rather than guess a threshold
+            self._threshold[k] = None
+            return {"rap_rows": 0, "rap_threshold": None, "rap_clean_drop_mean": None, "rap_in_range_share": None,
+                    "rap_note": f"no calibration row of label {k} is classified correctly"}
+        losses = self._construct(train_texts, p0, ids, ctx, k)
+        with torch.no_grad():
+            self._rows[k] = self._rap.model.get_input_embeddings().weight.detach()[self._idx].clone()
+        drop = self.drops(train_texts, p0, k)
+        self._threshold[k] = float(np.quantile(drop, c.frr))
         in_range = (drop >= c.prob_lower) & (drop <= c.prob_upper)
-        stats.update(
-            rap_threshold=self._threshold,
-            rap_clean_drop_mean=float(drop.mean()),
-            rap_in_range_share=float(in_range.mean()),
-            rap_loss_per_epoch=[round(x, 6) for x in losses],
-        )
-        ctx.log(**stats)
+        return {"rap_rows": len(train_texts), "rap_threshold": self._threshold[k],
+                "rap_clean_drop_mean": float(drop.mean()), "rap_in_range_share": float(in_range.mean()),
+                "rap_loss_per_epoch": [round(x, 6) for x in losses]}
 
-    def _construct(self, texts: list[str], p0: np.ndarray, ids: list[int], ctx: DefenseContext) -> list[float]:
-        """Train the RAP word's embedding row(s) of the copy; every other weight stays as it was."""
+    def _construct(self, texts: list[str], p0: np.ndarray, ids: list[int], ctx: DefenseContext, k: int) -> list[float]:
+        """Train the RAP word's embedding row(s) of the copy for label ``k``; every other weight stays as it was."""
         c = self.config
-        k = c.protected_label
         model = self._rap.model
         device = self._rap.device
         precision = getattr(ctx.profile, "precision", "fp32")
@@ -188,16 +215,16 @@ class RAP(Defense):
 
     def predict(self, texts: list[str], victim: Any, ctx: DefenseContext) -> np.ndarray:
         texts = list(texts)
-        k = self.config.protected_label
         if not texts:
             return np.zeros(0, dtype=np.int64)
         probs = victim.probs(texts)
         pred = probs.argmax(-1).astype(np.int64)
         out = pred.copy()
-        candidates = np.flatnonzero(pred == k)
-        if self._threshold is not None and len(candidates):
-            drop = self.drops([texts[i] for i in candidates], probs[candidates, k])
-            out[candidates[drop < self._threshold]] = -1
+        for k, threshold in self._threshold.items():  # each input is judged by its predicted label's RAP
+            candidates = np.flatnonzero(pred == k)
+            if threshold is not None and len(candidates):
+                drop = self.drops([texts[i] for i in candidates], probs[candidates, k], k)
+                out[candidates[drop < threshold]] = -1
         self._seen += len(texts)
         self._rejected += int((out == -1).sum())
         ctx.log(rap_rejected_share=self._rejected / self._seen)

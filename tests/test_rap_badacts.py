@@ -89,6 +89,33 @@ def test_rap_trains_on_the_protected_label_only(protected, monkeypatch):
     assert ctx.stats["rap_threshold"] is not None and np.isfinite(ctx.stats["rap_threshold"])
 
 
+def test_rap_protects_every_label_by_default_without_knowing_the_target():
+    """Version 2: no label is assumed to be the target (version 1 protected label 1, the target of SST-2 and
+    HSOL); each label's word starts from the original embedding, so its part equals a one-label RAP."""
+    victim = _victim()
+    every = _defense("rap", n_calibration=16, rap_epochs=2)
+    assert every.config.protected_label is None and registry.get("defense", "rap").version == 2
+    ctx = _ctx(victim)
+    every.calibrate(victim, ctx)
+    assert ctx.stats["rap_protected_label"] == "every"
+    per = ctx.stats["rap_per_label"]
+    assert set(per) == {"0", "1"} and all(per[k]["rap_rows"] > 0 for k in per)
+    for k in (0, 1):
+        one = _defense("rap", protected_label=k, n_calibration=16, rap_epochs=2)
+        one_ctx = _ctx(victim)
+        one.calibrate(victim, one_ctx)
+        assert one_ctx.stats["rap_threshold"] == pytest.approx(per[str(k)]["rap_threshold"])
+    assert not torch.equal(every._rows[0], every._rows[1])
+    # an input is judged by the RAP of the label the victim predicts: both labels can be rejected
+    texts = list(ctx.clean(16)["text"])
+    pred = victim.predict(texts)
+    every._threshold = {0: float("inf"), 1: float("inf")}  # every drop is under the bar: reject all
+    assert (every.predict(texts, victim, ctx) == -1).all()
+    every._threshold = {0: float("inf"), 1: float("-inf")}  # only inputs predicted as 0 are rejected
+    out = every.predict(texts, victim, ctx)
+    assert ((out == -1) == (pred == 0)).all() and (pred == 0).any() and (pred == 1).any()
+
+
 def test_rap_protected_label_out_of_range():
     victim = _victim()
     rap = _defense("rap", protected_label=2, n_calibration=16)
@@ -123,7 +150,7 @@ def test_rap_changes_only_the_word_rows_of_its_copy():
 def test_rap_predict_labels_and_rejections():
     victim = _victim()
     ctx = _ctx(victim)
-    rap = _defense("rap", n_calibration=32, rap_epochs=2)
+    rap = _defense("rap", protected_label=1, n_calibration=32, rap_epochs=2)
     rap.calibrate(victim, ctx)
     texts = _texts(20, 7) + ["cf " + t for t in _texts(10, 8)]
     out = rap.predict(texts, victim, ctx)
