@@ -79,8 +79,25 @@ def list_cmd(
     typer.echo("\nprofiles:")
     typer.echo(tabulate([(p.name, p.description) for p in PROFILES.values()], tablefmt="plain"))
     typer.echo(f"\nmain job (bench run --main): {MAIN_JOB.describe()}; writes {MAIN_JOB.out}/")
+    from .presets import PRESETS
+
+    typer.echo("\npresets (bench run --preset NAME; the settings of docs/usage.md, 'Paper presets'):")
+    for p in PRESETS.values():
+        typer.echo(f"{p.name}  {p.description}\n    paper: {p.paper}\n    code: {p.code}")
     typer.echo("\nA backbone may also be any Hugging Face hub id or local model folder; a dataset, a folder of "
                "train/dev/test CSV files (text,label).")
+
+
+def _with_preset(name: Optional[str], given: dict) -> tuple[dict, set]:
+    """``given`` (the --set assignments) over the preset's settings, ``{plugin: {key: value}}``, and the
+    (plugin, key) pairs whose value is the preset's."""
+    if not name:
+        return {p: dict(v) for p, v in given.items()}, set()
+    from .presets import get_preset
+
+    base = get_preset(name).assignments()
+    merged = {p: {**base.get(p, {}), **given.get(p, {})} for p in {*base, *given}}
+    return merged, {(p, k) for p, values in base.items() for k in values if k not in given.get(p, {})}
 
 
 def _describe(entry: registry.Entry, profile: str = "cpu") -> str:
@@ -118,6 +135,9 @@ def run(
     set_: Optional[List[str]] = typer.Option(
         None, "--set", metavar="PLUGIN.KEY=VALUE", help="PLUGIN.KEY=VALUE for a plugin's or the profile's settings, e.g. lora.r=16, profile.epochs=1."
     ),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", metavar="NAME", help="A paper's settings (bench list shows the presets), applied as --set "
+                                               "assignments; an explicit --set or --sweep wins. The rows record it."),
     force: bool = typer.Option(False, "--force", help="Recompute cells already recorded. Trained victims are "
                                "still reused from the victim cache; to retrain them too, remove them first with "
                                "`bench cache clear` (`bench cache list` shows them)."),
@@ -162,7 +182,8 @@ def run(
             if seeds < 1:
                 raise ConfigError(f"--seeds {seeds}: give a number of seeds >= 1 (seeds 1..N are run)")
             seed = list(range(1, seeds + 1))
-        settings = parse_assignments(set_ or [])
+        given = parse_assignments(set_ or [])
+        settings, from_preset = _with_preset(preset, given)
         profile_settings = settings.pop("profile", {})
         if main_job:
             profile_settings = {**dict(MAIN_JOB.profile_settings), **profile_settings}
@@ -179,17 +200,23 @@ def run(
                 raise ConfigError("name at least one --attack and one --defense, or pass --main (the main job) or "
                                   "--all (every attack x every defense)")
             attacks, defenses = attack, defense
+        # a plugin the preset names but the run does not select is left out (a --set of it still errors)
+        settings = {p: v for p, v in settings.items() if p in given or p in attacks or p in defenses}
         common = {k: v for k, v in (("poison_rate", poison_rate), ("label_regime", label_regime),
                                     ("target_label", target_label)) if v is not None}
         for a in attacks:
             settings.setdefault(a, {}).update({k: str(v) for k, v in common.items()})
+            from_preset -= {(a, k) for k in common}
+        # a --sweep may replace a value the preset gave, not one given on the command line
+        fixed = {p: {k: v for k, v in values.items() if (p, k) not in from_preset}
+                 for p, values in {**settings, "profile": profile_settings}.items()}
         cells = []
-        for combo in parse_sweeps(sweep or [], {**settings, "profile": profile_settings}):
+        for combo in parse_sweeps(sweep or [], fixed):
             chosen = {p: {**settings.get(p, {}), **combo.get(p, {})} for p in {*settings, *combo} if p != "profile"}
             swept = get_profile(profile or "cpu", {**profile_settings, **combo["profile"]}) if "profile" in combo else prof
             cells += plan(
                 list(dataset or swept.datasets), list(backbone or swept.backbones), list(attacks), list(defenses),
-                list(seed or [1]), swept, chosen,
+                list(seed or [1]), swept, chosen, preset=preset or "",
             )
         out_dir = out or Path("results") / prof.name
         summary = run_grid(cells, out_dir, data_dir=data_dir, command=command,

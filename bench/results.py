@@ -56,7 +56,7 @@ SCHEMA = [
     Column("n_dev_selection", True), Column("n_clean_pool"), Column("n_clean_used", True), Column("uses_clean"),
     Column("n_reference"), Column("best_epoch"), Column("dev_acc"), Column("train_seconds", True),
     Column("sec_per_step"), Column("predict_sec_per_input"), Column("victim"), Column("victim_trained_here"),
-    Column("profile"), Column("settings", True), Column("key"),
+    Column("profile"), Column("settings", True), Column("preset"), Column("key"),
 ]
 COLUMNS = [c.name for c in SCHEMA]
 MD_COLUMNS = [c.name for c in SCHEMA if c.md]
@@ -164,7 +164,7 @@ def load_records(out_dir: Path) -> list[dict]:
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    rows = [r["row"] for r in records]
+    rows = [{"preset": "", **r["row"]} for r in records]  # records made before presets existed: none
     df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
     # within an attack, the defenses that used the defender's clean rows come last, together, so the
     # clean-data controls (clean-only, none+clean) sit beside the defenses they control for

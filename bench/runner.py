@@ -90,6 +90,7 @@ class Cell:
     defense: DefenseSpec
     seed: int
     profile: Profile
+    preset: str = ""  # the --preset that gave the settings ("" none); recorded in the row, not in the key
 
     def settings(self) -> str:
         """The settings that differ from the defaults, e.g. ``lora.r=16; profile.epochs=1``."""
@@ -154,10 +155,11 @@ def _default_config(cls: type, profile_name: str) -> Any:
 
 def plan(
     datasets_: list[str], backbones: list[str], attacks: list[str], defenses: list[str], seeds: list[int],
-    profile: Profile, settings: dict[str, dict[str, Any]] | None = None,
+    profile: Profile, settings: dict[str, dict[str, Any]] | None = None, preset: str = "",
 ) -> list[Cell]:
     """Every combination, validated. ``settings`` maps a plugin name to its Config values; they
-    override a plugin's ``profile_defaults`` for the profile."""
+    override a plugin's ``profile_defaults`` for the profile. ``preset``: the name of the paper preset
+    the settings came from (only recorded in the rows)."""
     user = dict(settings or {})
     known = set(attacks) | set(defenses)
     stray = [k for k in user if k not in known and k != "profile"]
@@ -184,7 +186,7 @@ def plan(
         if not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"--seed {seed}: seeds are integers >= 0 (e.g. --seed 1 --seed 2 --seed 3)")
     return [
-        Cell(ds, bb, attack_objs[a], defense_specs[d], seed, profile)
+        Cell(ds, bb, attack_objs[a], defense_specs[d], seed, profile, preset)
         for ds, bb, a, d, seed in itertools.product(datasets_, backbones, attacks, defenses, seeds)
     ]
 
@@ -576,7 +578,7 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
         "train_seconds": info.get("train_seconds"), "sec_per_step": info.get("sec_per_step"),
         "predict_sec_per_input": metrics["predict_sec_per_input"],
         "victim": victim.key, "victim_trained_here": trained_now,
-        "profile": prof.name, "settings": cell.settings(), "key": key,
+        "profile": prof.name, "settings": cell.settings(), "preset": cell.preset, "key": key,
     }
     return {
         "key": key,
