@@ -358,15 +358,21 @@ def test_without_network_the_error_names_every_way_out(roots, monkeypatch):
     assert "hsol" in msg and not (roots[0] / "hsol").exists()
 
 
-def test_a_missing_dataset_is_fetched_on_first_use_with_a_line_saying_so(roots, served, tmp_path, monkeypatch):
-    from bench import progress
-    from bench.runner import DataCache
-
+@pytest.fixture
+def network(roots, served, tmp_path, monkeypatch):
+    """The local server stands in for the network: the environment points bench at it and its manifest."""
     files, manifest, server = served
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps({"sources": manifest.sources, "built": {}}))
     monkeypatch.setenv("BENCH_DATA_MANIFEST", str(path))
     monkeypatch.setenv("BENCH_DATA_URL", server.url)
+    return server
+
+
+def test_a_missing_dataset_is_fetched_on_first_use_with_a_line_saying_so(roots, network):
+    from bench import progress
+    from bench.runner import DataCache
+
     stream = io.StringIO()
     previous = progress.use(progress.Reporter("lines", stream))
     try:
@@ -380,13 +386,8 @@ def test_a_missing_dataset_is_fetched_on_first_use_with_a_line_saying_so(roots, 
 # --- end to end, and the real sources -------------------------------------------------------------
 
 @pytest.mark.slow
-def test_fresh_clone_fetches_then_runs_a_smoke_cell(roots, served, tmp_path, monkeypatch):
+def test_fresh_clone_fetches_then_runs_a_smoke_cell(roots, network, tmp_path):
     """No ../shared and no cache: `bench data fetch` from the (local) network, then a smoke-sized run."""
-    files, manifest, server = served
-    path = tmp_path / "manifest.json"
-    path.write_text(json.dumps({"sources": manifest.sources, "built": {}}))
-    monkeypatch.setenv("BENCH_DATA_MANIFEST", str(path))
-    monkeypatch.setenv("BENCH_DATA_URL", server.url)
     r = runner.invoke(app, ["data", "fetch", "sst2", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert (roots[0] / "sst2" / "train.csv").is_file()
