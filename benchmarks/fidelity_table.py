@@ -1,0 +1,92 @@
+"""The fidelity table (docs/fidelity.md): each defense cell of the `results/fidelity/` folders beside `none` on the
+same victims (same attack, label regime, trigger count and seeds), over seeds, with the verdict of the rules
+declared in docs/fidelity.md before the runs were read:
+
+- reproduced: mean ASR <= the defense's declared bound and CACC within 3 points of `none`;
+- reproduced in direction only: ASR lowered against `none` by >= 30 points with Welch p < 0.05;
+- not reproduced: otherwise.
+
+    python3 benchmarks/fidelity_table.py results/fidelity
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.results import read_leaderboard_csv
+from bench.scores import interval_text, p_text, welch_p
+
+# declared in docs/fidelity.md before any fidelity number was read: the published point + 10 points
+BOUND = {"onion": 0.30, "badacts": 0.10, "rap": 0.15}
+CACC_SLACK, DIRECTION = 0.03, 0.30
+SETTING = ["dataset", "attack", "label_regime", "trigger_count", "poison_rate"]
+
+
+def _own(settings: str, defense: str) -> str:
+    """The defense's own settings in a row's settings text (what tells two cells of one defense apart)."""
+    parts = [p for p in str(settings if isinstance(settings, str) else "").split("; ") if p.startswith(defense + ".")]
+    return "; ".join(parts) or "(defaults)"
+
+
+def verdict(defense: str, asr: np.ndarray, cacc: np.ndarray, asr_none: np.ndarray, cacc_none: np.ndarray) -> str:
+    bound = BOUND.get(defense)
+    if bound is None:
+        return "-"
+    if asr.mean() <= bound and cacc_none.mean() - cacc.mean() <= CACC_SLACK:
+        return "reproduced"
+    p = welch_p(asr, asr_none)
+    if asr_none.mean() - asr.mean() >= DIRECTION and p < 0.05:
+        return "in direction only"
+    return "not reproduced"
+
+
+def rows(folder: Path) -> list[dict]:
+    seeds = read_leaderboard_csv(folder / "leaderboard.csv")
+    out = []
+    for setting, g in seeds.groupby(SETTING, dropna=False):
+        none = g[g.defense == "none"]
+        for (defense, own), d in g.assign(own=[_own(s, x) for s, x in zip(g.settings, g.defense)]).groupby(
+                ["defense", "own"]):
+            if defense == "none":
+                continue
+            shared = sorted(set(d.seed) & set(none.seed))
+            a, c = d.set_index("seed").loc[shared], none.set_index("seed").loc[shared]
+            n = len(shared)
+            out.append({
+                "folder": folder.name, **dict(zip(SETTING, setting)), "defense": defense, "settings": own, "seeds": n,
+                "cacc": _interval(a.cacc), "asr": _interval(a.asr), "untriggered": 100 * a.clean_to_target.mean(),
+                "cacc_none": _interval(c.cacc), "asr_none": _interval(c.asr),
+                "p": p_text(a.asr.to_numpy(), c.asr.to_numpy()),
+                "verdict": verdict(defense, a.asr.to_numpy(), a.cacc.to_numpy(), c.asr.to_numpy(), c.cacc.to_numpy())
+                if n >= 3 else "fewer than 3 seeds",
+            })
+    return out
+
+
+def _interval(values: pd.Series) -> str:
+    from bench.scores import t_interval
+
+    mean, _, lo, hi = t_interval(values.to_numpy(dtype=float))
+    return interval_text(mean, lo, hi, len(values))
+
+
+def table(root: Path) -> str:
+    found = []
+    for folder in sorted(p.parent for p in root.rglob("leaderboard.csv")):
+        found += rows(folder)
+    head = ("| folder | attack | regime | triggers | defense | its settings | seeds | CACC | ASR | untriggered | "
+            "`none` CACC | `none` ASR | ASR p vs `none` | verdict |")
+    out = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in found:
+        out.append(f"| {r['folder']} | {r['attack']} | {r['label_regime']} | {r['trigger_count']} | `{r['defense']}` | "
+                   f"{r['settings']} | {r['seeds']} | {r['cacc']} | {r['asr']} | {r['untriggered']:.1f} | "
+                   f"{r['cacc_none']} | {r['asr_none']} | {r['p']} | {r['verdict']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "results/fidelity")))

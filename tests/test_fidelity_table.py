@@ -1,0 +1,29 @@
+"""The fidelity table's verdicts (benchmarks/fidelity_table.py) follow the rules docs/fidelity.md declared."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("fidelity_table", ROOT / "benchmarks" / "fidelity_table.py")
+ft = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ft)
+
+NONE_ASR, NONE_CACC = np.array([0.99, 1.0, 0.98]), np.array([0.81, 0.80, 0.82])
+
+
+def test_verdicts():
+    v = lambda d, asr, cacc=NONE_CACC: ft.verdict(d, np.array(asr), cacc, NONE_ASR, NONE_CACC)  # noqa: E731
+    assert v("onion", [0.25, 0.28, 0.30]) == "reproduced"
+    assert v("onion", [0.25, 0.28, 0.30], np.array([0.70, 0.72, 0.71])) == "in direction only"  # CACC cost
+    assert v("onion", [0.40, 0.45, 0.50]) == "in direction only"
+    assert v("onion", [0.75, 0.80, 0.85]) == "not reproduced"
+    assert v("onion", [0.10, 0.99, 0.98]) == "not reproduced"  # one good seed is noise, not a result
+    assert v("badacts", [0.12, 0.11, 0.12]) == "in direction only"  # the bound is 10 points for BadActs
+    assert v("lora", [0.1, 0.1, 0.1]) == "-"  # no declared bound: no verdict
+
+
+def test_own_settings_tell_cells_of_one_defense_apart():
+    s = "badnets.label_regime=dirty; onion.mode=fixed; profile.train_size=1500"
+    assert ft._own(s, "onion") == "onion.mode=fixed" and ft._own(s, "rap") == "(defaults)"
