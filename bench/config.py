@@ -113,9 +113,21 @@ def build_config(cls: type, values: Mapping[str, Any] | None = None, owner: str 
     return cfg
 
 
+def added(default: Any, since: str) -> Any:
+    """A config field added after records were made: ``x: str = added("a", "issue 24")``. At its default
+    it is left out of :func:`config_dict`, so the keys of cells that do not set it stay as they were."""
+    return dataclasses.field(default=default, metadata={"added": since})
+
+
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """A JSON-ready dict of a config dataclass (tuples become lists); a field marked :func:`added` is
+    left out while at its default."""
+    d = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if dataclasses.is_dataclass(cfg):
+        for f in dataclasses.fields(cfg):
+            if f.metadata.get("added") and f.name in d and getattr(cfg, f.name) == f.default:
+                del d[f.name]
+    return d
 
 
 def changed_settings(prefix: str, cfg: Any, default: Any) -> list[str]:

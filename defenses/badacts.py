@@ -19,7 +19,7 @@ input is). BadActs corrects, it never rejects.
 
 Differences from the authors' code (clearloveclearlove/BadActs): the intervals start at the clean
 mean +- ``delta`` std instead of the fixed [1 - e, 1] fitted to BERT-base's scale, so the same code
-serves encoders and decoders of any width; the blocks are found by name (``layer_pattern``), not
+serves encoders and decoders of any width (``interval_start="authors"`` starts where they do); the blocks are found by name (``layer_pattern``), not
 written for ``bert``; the penalty schedule and the retry are bounded by settings.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bench import progress
-from bench.config import ConfigError
+from bench.config import ConfigError, added
 from bench.defense import Defense, DefenseContext
 from bench.registry import register
 from bench.training import autocast
@@ -51,6 +51,9 @@ class BadActsConfig:
     intervals: Literal["optimized", "gaussian"] = "optimized"
     interval_lr: float = 0.01  # Adam on the interval bounds (as the authors)
     interval_epochs: int = 50
+    # where the intervals start: "gaussian", the clean mean +- delta std of each neuron (works at any
+    # activation scale); "authors", the authors' fixed [1 - e, 1] for every neuron (set for BERT-base)
+    interval_start: Literal["gaussian", "authors"] = added("gaussian", "issue 24")
     interval_penalty: float = 0.1  # c: the weight of the interval-width penalty at the start
     interval_penalty_step: float = 1.2  # c is multiplied (accuracy holds) or divided by this
     interval_keep_acc: float = 0.98  # clean accuracy (of the rows the victim gets right) c must keep
@@ -240,10 +243,15 @@ class BadActs(Defense):
             held_scores = self.nas(pooled[held])
             self._threshold = float(np.quantile(held_scores, c.frr))
 
-            # purification intervals: start at the clean mean +- delta std of the real tokens
+            # purification intervals: start at the clean mean +- delta std of the real tokens, or at the
+            # authors' [1 - e, 1] (up 1, log-width 1) for every neuron
             up, margin = [], []
             for count, s1, s2 in hooks.sums:
                 mean = s1 / max(count, 1)
+                if c.interval_start == "authors":
+                    up.append(torch.ones_like(mean).float().to(device))
+                    margin.append(torch.ones_like(mean).float().to(device))
+                    continue
                 std = torch.sqrt(torch.clamp(s2 / max(count, 1) - mean * mean, min=0.0))
                 width = torch.clamp(2 * c.delta * std, min=1e-6)
                 up.append((mean + c.delta * std).float().to(device))

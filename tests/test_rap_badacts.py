@@ -229,3 +229,14 @@ def test_badacts_layer_pattern():
         _defense("badacts", n_calibration=32, layer_pattern="nothing-matches-this").calibrate(victim, ctx)
     with pytest.raises(ConfigError):
         _defense("badacts", layer_pattern="(")
+
+
+def test_badacts_can_start_at_the_authors_intervals():
+    victim = _victim()
+    ctx = _ctx(victim)
+    bad = _defense("badacts", n_calibration=32, interval_epochs=0, interval_start="authors")
+    bad.calibrate(victim, ctx)
+    assert ctx.stats["badacts_interval_width_mean"] == pytest.approx(np.e)  # [1 - e, 1] for every neuron
+    gauss_ctx = _ctx(victim)
+    _defense("badacts", n_calibration=32, interval_epochs=0).calibrate(victim, gauss_ctx)
+    assert gauss_ctx.stats["badacts_interval_width_mean"] != pytest.approx(np.e)

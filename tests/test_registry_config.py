@@ -150,3 +150,22 @@ def test_bad_sweeps_are_clear_errors(items, fixed, message):
 
     with pytest.raises(ConfigError, match=message):
         parse_sweeps(items, fixed)
+
+
+def test_a_setting_added_later_leaves_keys_alone_at_its_default():
+    import dataclasses
+
+    from bench.config import added, config_dict
+
+    @dataclasses.dataclass(frozen=True)
+    class Old:
+        r: int = 4
+
+    @dataclasses.dataclass(frozen=True)
+    class New:
+        r: int = 4
+        start: str = added("gaussian", "issue 24")
+
+    assert config_dict(New()) == config_dict(Old()) == {"r": 4}
+    assert config_dict(New(start="authors")) == {"r": 4, "start": "authors"}
+    assert build_config(New, {"start": "authors"}).start == "authors" and build_config(New, {}).start == "gaussian"
