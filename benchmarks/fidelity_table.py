@@ -18,7 +18,11 @@ import numpy as np
 import pandas as pd
 
 from bench.results import read_leaderboard_csv
+import warnings
+
 from bench.scores import interval_text, p_text, welch_p
+
+warnings.filterwarnings("ignore", message="Precision loss occurred")  # Welch's test on seeds that agree exactly
 
 # declared in docs/fidelity.md before any fidelity number was read: the published point + 10 points
 BOUND = {"onion": 0.30, "badacts": 0.10, "rap": 0.15}
@@ -44,26 +48,31 @@ def verdict(defense: str, asr: np.ndarray, cacc: np.ndarray, asr_none: np.ndarra
     return "not reproduced"
 
 
-def rows(folder: Path) -> list[dict]:
-    seeds = read_leaderboard_csv(folder / "leaderboard.csv")
+def rows(root: Path) -> list[dict]:
+    """Each defense cell of every results folder under ``root``, beside `none` of the same setting and seeds
+    (`none` may sit in another folder of ``root``: a post-training defense shares its victims)."""
+    frames = [read_leaderboard_csv(f).assign(folder=f.parent.name) for f in sorted(root.rglob("leaderboard.csv"))]
+    if not frames:
+        return []
+    seeds = pd.concat(frames, ignore_index=True)
+    seeds["own"] = [_own(s, d) for s, d in zip(seeds.settings, seeds.defense)]
+    nones = seeds[seeds.defense == "none"].drop_duplicates(SETTING + ["seed"])
     out = []
-    for setting, g in seeds.groupby(SETTING, dropna=False):
-        none = g[g.defense == "none"]
-        for (defense, own), d in g.assign(own=[_own(s, x) for s, x in zip(g.settings, g.defense)]).groupby(
-                ["defense", "own"]):
-            if defense == "none":
-                continue
-            shared = sorted(set(d.seed) & set(none.seed))
-            a, c = d.set_index("seed").loc[shared], none.set_index("seed").loc[shared]
-            n = len(shared)
-            out.append({
-                "folder": folder.name, **dict(zip(SETTING, setting)), "defense": defense, "settings": own, "seeds": n,
-                "cacc": _interval(a.cacc), "asr": _interval(a.asr), "untriggered": 100 * a.clean_to_target.mean(),
-                "cacc_none": _interval(c.cacc), "asr_none": _interval(c.asr),
-                "p": p_text(a.asr.to_numpy(), c.asr.to_numpy()),
-                "verdict": verdict(defense, a.asr.to_numpy(), a.cacc.to_numpy(), c.asr.to_numpy(), c.cacc.to_numpy())
-                if n >= 3 else "fewer than 3 seeds",
-            })
+    for (folder, *setting, defense, own), d in seeds[seeds.defense != "none"].groupby(
+            ["folder", *SETTING, "defense", "own"], dropna=False):
+        none = nones[(nones[SETTING] == pd.Series(dict(zip(SETTING, setting)))).all(axis=1)]
+        shared = sorted(set(d.seed) & set(none.seed))
+        a, c = d.set_index("seed").loc[shared], none.set_index("seed").loc[shared]
+        n = len(shared)
+        out.append({
+            "folder": folder, **dict(zip(SETTING, setting)), "defense": defense, "settings": own, "seeds": n,
+            "cacc": _interval(a.cacc), "asr": _interval(a.asr), "untriggered": 100 * a.clean_to_target.mean(),
+            "excess": 100 * (a.asr - a.clean_to_target).mean(),
+            "cacc_none": _interval(c.cacc), "asr_none": _interval(c.asr),
+            "p": p_text(a.asr.to_numpy(), c.asr.to_numpy()),
+            "verdict": verdict(defense, a.asr.to_numpy(), a.cacc.to_numpy(), c.asr.to_numpy(), c.cacc.to_numpy())
+            if n >= 3 else "fewer than 3 seeds",
+        })
     return out
 
 
@@ -75,15 +84,14 @@ def _interval(values: pd.Series) -> str:
 
 
 def table(root: Path) -> str:
-    found = []
-    for folder in sorted(p.parent for p in root.rglob("leaderboard.csv")):
-        found += rows(folder)
+    found = rows(root)
     head = ("| folder | attack | regime | triggers | defense | its settings | seeds | CACC | ASR | untriggered | "
+            "ASR - untriggered | "
             "`none` CACC | `none` ASR | ASR p vs `none` | verdict |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in found:
         out.append(f"| {r['folder']} | {r['attack']} | {r['label_regime']} | {r['trigger_count']} | `{r['defense']}` | "
-                   f"{r['settings']} | {r['seeds']} | {r['cacc']} | {r['asr']} | {r['untriggered']:.1f} | "
+                   f"{r['settings']} | {r['seeds']} | {r['cacc']} | {r['asr']} | {r['untriggered']:.1f} | {r['excess']:.1f} | "
                    f"{r['cacc_none']} | {r['asr_none']} | {r['p']} | {r['verdict']} |")
     return "\n".join(out)
 
