@@ -378,6 +378,8 @@ _ALL = [
                 "purify": S("flagged", "clearloveclearlove/BadActs BadActs_detection_then_purification.py: clamped "
                                        "forward only for flagged inputs"),
                 "intervals": S("optimized", "clearloveclearlove/BadActs BadActs_purification.py learns the bounds"),
+                "interval_start": S("authors", "clearloveclearlove/BadActs BadActs_purification.py: up_bound and "
+                                               "margin start at ones, i.e. [1 - e, 1] for every neuron"),
                 "interval_lr": S(0.01, "clearloveclearlove/BadActs BadActs_purification.py Adam lr 0.01"),
                 "interval_epochs": S(50, "clearloveclearlove/BadActs BadActs_purification.py range(50)"),
                 "interval_penalty": S(0.1, "clearloveclearlove/BadActs BadActs_purification.py c = 0.1"),
@@ -402,8 +404,8 @@ _ALL = [
         },
         notes=(
             "the authors' detection-only script (BadActs_detection.py) keeps the class default frr 0.05.",
-            "not settable here: the penalty schedule's timing (c changes every 5 epochs after the 10th) and the "
-            "bounds' start (fixed [1 - e, 1] for BERT-base); victim bert-base-uncased.",
+            "not settable here: the penalty schedule's timing (c changes every 5 epochs after the 10th) and "
+            "the retry without a bound; victim bert-base-uncased.",
         ),
     ),
     Preset(
