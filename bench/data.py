@@ -70,7 +70,6 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None, need: str | None
            f"{need or 'sst2/, hsol/, agnews/'}")
     if name is None or not fetch:
         raise DataError(f"benchmark data{' ' + repr(need) if need else ''} is not in {where}; {fix}")
-    from . import progress
     from .datafetch import fetch as fetch_data
 
     progress.note(f"{name}: not in {where}: fetching it from its public sources (bench data fetch {name})")

@@ -39,7 +39,7 @@ URL_ENV = "BENCH_DATA_URL"
 GIT_ENV = "BENCH_SOURCE_GIT"
 DEFAULT_URL = "https://raw.githubusercontent.com"
 NAMES = tuple(databuild.FOLDERS)
-NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError)
+NETWORK_ERRORS = (http.client.HTTPException, OSError)  # OSError covers URLError, timeouts, refused connections
 
 
 class FetchError(DataError):
@@ -114,15 +114,20 @@ class Sources:
         commit, _ = self.entry(repo, path)
         return self.downloads / repo.replace("/", "+") / commit / path
 
-    def have(self, repo: str, path: str) -> bool:
+    def _kept(self, repo: str, path: str) -> bytes | None:
+        """The file's bytes from the download cache when it is there and matches the manifest."""
         f = self._cached(repo, path)
-        return f.is_file() and sha256(f.read_bytes()) == self.entry(repo, path)[1]["sha256"]
+        if not f.is_file():
+            return None
+        data = f.read_bytes()
+        return data if sha256(data) == self.entry(repo, path)[1]["sha256"] else None
 
     def read(self, repo: str, path: str, stage=None) -> bytes:
         """The file's bytes, checked; fetched (and kept in the download cache) if not there yet."""
+        kept = self._kept(repo, path)
+        if kept is not None:
+            return kept
         f = self._cached(repo, path)
-        if self.have(repo, path):
-            return f.read_bytes()
         if self.git_root:
             data = self._from_git(repo, path)
             if stage is not None:
@@ -183,7 +188,7 @@ class Sources:
 
     def prefetch(self, files: list[tuple[str, str]], what: str) -> None:
         """Bring every file into the download cache, with one progress stage over their bytes."""
-        todo = [(r, p) for r, p in dict.fromkeys(files) if not self.have(r, p)]
+        todo = [(r, p) for r, p in dict.fromkeys(files) if self._kept(r, p) is None]
         if not todo:
             return
         total = sum(self.entry(r, p)[1]["size"] for r, p in todo)
