@@ -17,49 +17,17 @@ import subprocess
 import sys
 from collections import Counter
 from importlib import metadata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .data import PROJECT_ROOT
+from .record import CELL_KEY, COLUMNS, MD_COLUMNS, SCHEMA, STATED, Column  # noqa: F401  (re-exported)
 from .scores import interval_text
 
-# the columns that identify a cell across two leaderboards (bench compare joins on these)
-CELL_KEY = [
-    "dataset", "backbone", "attack", "defense", "seed", "poison_rate", "label_regime", "target_label", "profile",
-    "settings",
-]
-
-
-@dataclass(frozen=True)
-class Column:
-    """One leaderboard column: its record field, whether the Markdown table shows it, and how."""
-
-    name: str
-    md: bool = False
-    fmt: str = ""  # "pct": a share shown in percent; "signed": +1.0; "3f": 3 decimals
-
-
-# The one schema of the leaderboard: the CSV has every column, in this order; the Markdown the md ones.
-SCHEMA = [
-    Column("dataset", True), Column("backbone", True), Column("attack", True), Column("defense", True),
-    Column("seed", True), Column("cacc", True, "pct"), Column("asr", True, "pct"),
-    Column("clean_to_target", True, "pct"), Column("frr", True, "pct"), Column("poison_rejected", True, "pct"),
-    Column("poison_rate", True), Column("label_regime", True), Column("target_label", True),
-    Column("trigger_count", True), Column("n_poisoned"), Column("n_train"), Column("n_train_after_defense"),
-    Column("n_train_added"), Column("filter_precision", True, "3f"), Column("filter_recall", True, "3f"),
-    Column("train_skipped_no_transform"), Column("test_skipped_no_transform"),
-    Column("n_test_clean", True), Column("n_test_poison", True), Column("ppl_increase"),
-    Column("ppl_increase_median", True, "signed"), Column("similarity", True, "3f"),
-    Column("n_dev_selection", True), Column("n_clean_pool"), Column("n_clean_used", True), Column("uses_clean"),
-    Column("n_reference"), Column("best_epoch"), Column("dev_acc"), Column("train_seconds", True),
-    Column("sec_per_step"), Column("predict_sec_per_input"), Column("victim"), Column("victim_trained_here"),
-    Column("profile"), Column("settings", True), Column("preset"), Column("key"),
-]
-COLUMNS = [c.name for c in SCHEMA]
-MD_COLUMNS = [c.name for c in SCHEMA if c.md]
+# The leaderboard's columns, the Markdown's, the cell key and the stated fields are derived from the one
+# typed row (bench/record.py); they are importable from here as before.
 METRICS = ["cacc", "asr"]
 
 
@@ -164,7 +132,10 @@ def load_records(out_dir: Path) -> list[dict]:
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    rows = [{"preset": "", **r["row"]} for r in records]  # records made before presets existed: none
+    # a row the runner builds has every column (bench.record.Row); records made by older code may lack
+    # some (blank here: committed leaderboards re-render as they were) or hold retired ones (left out).
+    # Records made before presets existed: none.
+    rows = [{"preset": "", **r["row"]} for r in records]
     df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
     # within an attack, the defenses that used the defender's clean rows come last, together, so the
     # clean-data controls (clean-only, none+clean) sit beside the defenses they control for
@@ -209,8 +180,8 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# what a row states about the poisoning; an imported file may leave it unknown (never shown as 0 or blank)
-STATED = ("poison_rate", "label_regime", "trigger_count")
+# STATED (bench/record.py): what a row states about the poisoning; an imported file may leave it unknown
+# (never shown as 0 or blank)
 
 
 def _stated(v: object) -> str:

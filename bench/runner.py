@@ -37,6 +37,7 @@ from .defense import Defense, DefenseContext
 from .errors import ContractError
 from .metrics import attack_success_rate, clean_accuracy
 from .profiles import PROFILES, Profile
+from .record import EvaluationInfo, Row, TrainingInfo
 from .hub import check_hub_name, looks_like_path
 from .results import (
     ResultsError,
@@ -558,37 +559,36 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
         "n_dev_poison": len(p.dev_poison),
         "n_stealth": stealth["n_stealth"],
     }
-    row = {
-        "dataset": cell.dataset_name, "backbone": cell.backbone_name, "attack": cell.attack.name,
-        "defense": cell.defense.name, "seed": cell.seed,
+    # the row through its one typed definition: a missing or an unknown field is a TypeError here
+    row = Row(
+        dataset=cell.dataset_name, backbone=cell.backbone_name, attack=cell.attack.name,
+        defense=cell.defense.name, seed=cell.seed,
         **{k: metrics[k] for k in ("cacc", "asr", "clean_to_target", "frr", "poison_rejected")},
         **cell.attack.stated(p),  # poison_rate, label_regime, trigger_count (imported data: derived, None unknown)
-        "target_label": p.target_label,
-        "n_poisoned": counts["n_poisoned"], "n_train": counts["n_train"],
-        "n_train_after_defense": counts["n_train_after_defense"], "n_train_added": info.get("n_train_added", 0),
-        "filter_precision": info.get("filter_precision"), "filter_recall": info.get("filter_recall"),
-        "train_skipped_no_transform": counts["train_skipped_no_transform"],
-        "test_skipped_no_transform": counts["test_skipped_no_transform"],
-        "n_test_clean": counts["n_test_clean"], "n_test_poison": counts["n_test_poison"],
-        "ppl_increase": stealth["ppl_increase"], "ppl_increase_median": stealth["ppl_increase_median"],
-        "similarity": stealth["similarity"],
-        "n_dev_selection": counts["n_dev_selection"], "n_clean_pool": counts["n_clean_pool"],
-        "n_clean_used": n_clean_used, "uses_clean": n_clean_used > 0, "n_reference": counts["n_reference"],
-        "best_epoch": info.get("best_epoch"), "dev_acc": info.get("dev_acc"),
-        "train_seconds": info.get("train_seconds"), "sec_per_step": info.get("sec_per_step"),
-        "predict_sec_per_input": metrics["predict_sec_per_input"],
-        "victim": victim.key, "victim_trained_here": trained_now,
-        "profile": prof.name, "settings": cell.settings(), "preset": cell.preset, "key": key,
-    }
+        target_label=p.target_label,
+        n_poisoned=counts["n_poisoned"], n_train=counts["n_train"],
+        n_train_after_defense=counts["n_train_after_defense"], n_train_added=info.get("n_train_added", 0),
+        filter_precision=info.get("filter_precision"), filter_recall=info.get("filter_recall"),
+        train_skipped_no_transform=counts["train_skipped_no_transform"],
+        test_skipped_no_transform=counts["test_skipped_no_transform"],
+        n_test_clean=counts["n_test_clean"], n_test_poison=counts["n_test_poison"],
+        ppl_increase=stealth["ppl_increase"], ppl_increase_median=stealth["ppl_increase_median"],
+        similarity=stealth["similarity"],
+        n_dev_selection=counts["n_dev_selection"], n_clean_pool=counts["n_clean_pool"],
+        n_clean_used=n_clean_used, uses_clean=n_clean_used > 0, n_reference=counts["n_reference"],
+        best_epoch=info.get("best_epoch"), dev_acc=info.get("dev_acc"),
+        train_seconds=info.get("train_seconds"), sec_per_step=info.get("sec_per_step"),
+        predict_sec_per_input=metrics["predict_sec_per_input"],
+        victim=victim.key, victim_trained_here=trained_now,
+        profile=prof.name, settings=cell.settings(), preset=cell.preset, key=key,
+    )
     return {
         "key": key,
-        "row": row,
+        "row": row.as_dict(),
         "config": config,
         "counts": counts,
-        "training": {k: info.get(k) for k in (
-            "dev_acc_per_epoch", "loss_per_epoch", "steps", "trainable_params", "total_params", "device",
-            "defense_stats", "kept_epoch_defense_stats", "training_stats", "best_epoch")},
-        "evaluation": {k: metrics[k] for k in ("calibrate_seconds", "predict_seconds", "predict_sec_per_input")},
+        "training": TrainingInfo.from_info(info).as_dict(),
+        "evaluation": EvaluationInfo.from_metrics(metrics).as_dict(),
         "defense_stats": defense_stats,
         "victim": {"key": victim.key, "trained_here": trained_now, "trained_by": info.get("trained_by")},
         "provenance": provenance(

@@ -50,13 +50,59 @@ def test_defense_runs_is_deterministic_and_leaves_global_rng(defense, toy_dir, t
     assert row["n_dev_selection"] + row["n_clean_pool"] == len(data.dev)
 
 
+# Parameter-efficient defenses freeze the backbone and train small added parts (LoRA, adapters, prefixes;
+# LoRA keeps the classifier head frozen too, as its authors' baseline). The tiny backbones are random,
+# not pretrained, so there is no representation for the adapters to steer: on the toy task their
+# training loss stays on the 0.69 plateau (tiny-roberta: flat over 4 epochs, also at 10x the smoke
+# profile's adapter_learning_rate) and CACC stays at chance. For them the test asks the plumbing only
+# (the hooks, shapes, heads on the architecture; only the added parts train), on a short budget.
+FROZEN_BACKBONE = {d for d in DEFENSES if registry.get("defense", d).parameter_efficient}
+# what a defense keeps of the toy task by design: BKI removes the training rows holding the words it
+# finds most important, and on the toy set the sentiment words are as decisive as the trigger (73 of
+# 240 rows removed; CACC 0.71-0.83 measured on tiny-roberta and tiny-llama)
+MIN_CACC = {"bki": 0.65}
+# settings that fit the toy set: BTU takes a fraction of the tokenizer's vocabulary as suspects per
+# round (15 of BERT's 30k at the default), which on the toy set's 33 words is every word, so its
+# unlearning erases the task (CACC 0.5 with clean dev accuracy 1.0 before it); one token per round is
+# the same method at the toy set's scale
+TOY_SETTINGS = {"btu": {"suspect_fraction": 1e-5}}
+
+
 @pytest.mark.parametrize("defense", DEFENSES)
 @pytest.mark.parametrize("backbone", BACKBONES[1:])
 def test_defense_works_on_other_architectures(defense, backbone, toy_dir):
+    """On tiny-roberta and tiny-llama every defense learns the toy task (CACC well above the 0.5 of any
+    constant predictor on the balanced toy test set) and the backdoor is measured (ASR over the
+    poisoned test rows, a non-empty set). Measured: 60 steps at the smoke profile's learning rate
+    leave tiny-roberta at chance for half the defenses (it leaves the plateau between 30 and 60
+    steps); at learning rate 1e-2 every full fine-tuning defense reaches CACC >= 0.9 (BKI: 0.74)."""
     data = DataCache().get(str(toy_dir))
-    # plumbing only (the architecture's hooks, shapes and heads): one short epoch on 128 rows
-    rec = run_cell(_cell(defense, backbone, toy_dir, epochs="1", train_size="128"), data)
-    assert 0.0 <= rec["row"]["cacc"] <= 1.0 and 0.0 <= rec["row"]["asr"] <= 1.0
+    cls = registry.get("defense", defense)
+    frozen = defense in FROZEN_BACKBONE
+    budget = {"epochs": "1", "train_size": "128"} if frozen else {"epochs": "4", "learning_rate": "0.01"}
+    prof = get_profile("smoke", {"train_size": "None", **budget})
+    settings = {"badnets": {"label_regime": "mixed"}, **{k: v for k, v in TOY_SETTINGS.items() if k == defense}}
+    cell = plan([str(toy_dir)], [backbone], ["badnets"], [defense], [1], prof, settings)[0]
+    rec = run_cell(cell, data)
+    row, training = rec["row"], rec["training"]
+    # the backdoor is measured: ASR is a share of the poisoned test rows (every non-target test row, triggered)
+    assert row["n_test_clean"] == len(data.test) == 80
+    assert row["n_test_poison"] == sum(1 for y in data.test["label"] if y != row["target_label"]) > 0
+    assert rec["counts"]["n_test_poison"] == row["n_test_poison"]
+    assert float(row["asr"] * row["n_test_poison"]).is_integer() and 0.0 <= row["asr"] <= 1.0
+    assert row["n_poisoned"] > 0 and 0.0 <= row["cacc"] <= 1.0
+    if cls.acts_in_training():
+        epochs = cls(cell.defense.config).schedule(prof)[1]
+        assert len(training["loss_per_epoch"]) == len(training["dev_acc_per_epoch"]) == epochs
+        assert all(np.isfinite(training["loss_per_epoch"]))
+    if frozen:
+        assert 0 < training["trainable_params"] < training["total_params"] / 10, "the backbone did not stay frozen"
+        return
+    # the task is learnt: the kept epoch's clean dev accuracy and the test CACC leave chance behind
+    assert row["cacc"] >= MIN_CACC.get(defense, 0.8), row
+    assert row["dev_acc"] >= MIN_CACC.get(defense, 0.8), row
+    if not cls.rejects():
+        assert row["frr"] == 0
 
 
 @pytest.mark.parametrize("defense", POST_TRAINING)
@@ -221,12 +267,106 @@ def test_a_too_small_selection_split_is_refused(toy_dir):
         run_cell(cell, DataCache().get(str(toy_dir)))
 
 
-def test_every_defense_selects_on_the_same_rows(toy_dir):
-    from bench.runner import prepare
+class _DropHalf(Defense):
+    """Test plugin: removes every other training row (fewer rows, fewer steps)."""
 
+    def select_train(self, rows, ctx):
+        return np.arange(len(rows)) % 2 == 0
+
+
+class _AddClean(Defense):
+    """Test plugin: trains on 48 of the defender's clean rows beside the poisoned set."""
+
+    def add_train(self, ctx):
+        return ctx.clean(48)
+
+
+class _CleanOnly(Defense):
+    """Test plugin: drops every training row and trains on all of the defender's clean rows."""
+
+    def select_train(self, rows, ctx):
+        return np.zeros(len(rows), dtype=bool)
+
+    def add_train(self, ctx):
+        return ctx.clean()
+
+
+class _Reference(Defense):
+    """Test plugin: asks for a clean reference set during training."""
+
+    def reference_size(self, loaded):
+        return 32
+
+
+class _AuxFit(Defense):
+    """Test plugin, post-training: trains an auxiliary classifier on clean rows (``ctx.fit``)."""
+
+    def calibrate(self, victim, ctx):
+        rows = ctx.clean(64)
+        ctx.fit(rows["text"], rows["label"], purpose="test-aux")
+
+
+# each would change the rows that select the model if the runner let the defense reach them: fewer or
+# no training rows, extra clean rows (taken from the pool the selection rows are split from), a reference
+# set, an auxiliary training of its own
+_SELECTION_PROBES = {"test-drop-half": _DropHalf, "test-add-clean": _AddClean, "test-clean-only": _CleanOnly,
+                     "test-reference": _Reference, "test-aux-fit": _AuxFit}
+
+
+def test_every_defense_selects_on_the_same_rows(toy_dir, tmp_path, monkeypatch):
+    """The clean dev rows that choose the kept epoch are the same rows for every defense: what every
+    training (the victim's and an auxiliary one) is handed as its dev set, what a defense's context
+    offers as ``ctx.selection``, and what the record counts (``n_dev_selection``)."""
+    import bench.training
+
+    real_train = bench.training.train
+    seen: dict[str, list] = {}
+    current = {"defense": None}
+
+    def spy_train(model, tokenizer, train_texts, train_labels, dev_texts, dev_labels, *args, **kwargs):
+        seen[current["defense"]].append(("train", list(dev_texts), list(dev_labels)))
+        return real_train(model, tokenizer, train_texts, train_labels, dev_texts, dev_labels, *args, **kwargs)
+
+    patched = [m for name, m in list(sys.modules.items())
+               if (name == "bench" or name.startswith("bench.")) and getattr(m, "train", None) is real_train]
+    assert patched, "no bench module calls bench.training.train: update this test's spy"
+    for m in patched:
+        monkeypatch.setattr(m, "train", spy_train)
+    for name, cls in _SELECTION_PROBES.items():
+        def spy_calibrate(self, victim, ctx, _real=cls.calibrate):
+            seen[self.name].append(("ctx", list(ctx.selection["text"]), list(ctx.selection["label"])))
+            return _real(self, victim, ctx)
+        monkeypatch.setattr(cls, "calibrate", spy_calibrate)
+        registry.register("defense", name)(cls)
     data = DataCache().get(str(toy_dir))
-    sel = {d: prepare(_cell(d, "tiny-bert", toy_dir), data).selection["text"] for d in DEFENSES}
-    assert len({tuple(v) for v in sel.values()}) == 1
+    ev = Evaluator(store=VictimStore(tmp_path / "victims"))
+    rows = {}
+    try:
+        prof = get_profile("smoke", {"epochs": "1", "train_size": "64"})  # plumbing only: 4 steps a training
+        for d in ["none", *_SELECTION_PROBES]:
+            current["defense"] = d
+            seen[d] = []
+            cell = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], [d], [1], prof)[0]
+            rows[d] = ev.run_cell(cell, data=data)["row"]
+    finally:
+        for name in _SELECTION_PROBES:
+            registry._ENTRIES["defense"].pop(name, None)
+    # every probe did what would move the rows
+    assert rows["test-drop-half"]["n_train_after_defense"] == rows["none"]["n_train"] // 2
+    assert rows["test-add-clean"]["n_train_added"] == 48 and rows["test-clean-only"]["n_train_added"] == 128
+    assert rows["test-reference"]["n_reference"] == 32 and rows["test-aux-fit"]["n_clean_used"] == 64
+    assert [k for k, *_ in seen["none"]] == ["train"]
+    assert [k for k, *_ in seen["test-aux-fit"]] == ["ctx", "train"]  # the plain victim is cached; the aux trains
+    for d in _SELECTION_PROBES:
+        assert seen[d], d
+    # ... and none of them moved the selection rows
+    texts, labels = seen["none"][0][1], seen["none"][0][2]
+    assert len(texts) == rows["none"]["n_dev_selection"] == len(data.dev) - 128  # profile.clean_size
+    assert set(texts) <= set(data.dev["text"])
+    for d, calls in seen.items():
+        assert rows[d]["n_dev_selection"] == rows["none"]["n_dev_selection"], d
+        for kind, t, y in calls:
+            assert (t, y) == (texts, labels), f"{d}: {kind} selection rows differ from none's"
 
 
 def test_a_declared_test_slice_is_the_same_rows_for_every_seed_and_leaves_the_victim_alone(toy_dir):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import sys
+
+import pytest
 
 from bench.data import PROJECT_ROOT
 
@@ -60,3 +63,60 @@ def test_perf_benchmark_tiny(tmp_path, shared_data):
     onion = rep["defenses"]["onion"]["inference"]
     assert _positive(onion["scoring_sec_per_sentence"]) and _positive(onion["victim_predict_sec_per_sentence"])
     assert _positive(rep["goals"]["musclelora_over_lora"])
+    _assert_counts_and_ratios(rep, steps=2, warmup=1, repeats=2)
+    _assert_flops_are_the_analytic_count(rep)
+
+
+def _assert_counts_and_ratios(rep: dict, steps: int, warmup: int, repeats: int) -> None:
+    """What the benchmark counts and divides agrees with what it ran (a bug in its bookkeeping fails here)."""
+    s = rep["settings"]
+    batch, max_len = s["batch_size"], s["max_length"]
+    for name, r in rep["recipes"].items():
+        fw, bare = r["framework"]["per_repeat"], r["bare"]["per_repeat"]
+        assert len(fw) == len(bare) == repeats and all(_positive(x) for x in fw + bare), name
+        assert r["framework"]["sec_per_step_median"] == pytest.approx(statistics.median(fw), rel=1e-3)  # report rounds
+        # paired ratios of the same repeat, their median the headline; the same steps, so a sane ratio
+        paired = [a / b for a, b in zip(fw, bare)]
+        assert r["framework_over_bare_per_repeat"] == pytest.approx(paired, rel=1e-3)
+        assert r["framework_over_bare"] == pytest.approx(statistics.median(paired), rel=1e-3)
+        assert 0.2 < r["framework_over_bare"] < 5, name
+        # one epoch's batches over the training rows; the timed tokens fit the padded batch
+        assert r["steps_per_epoch"] == r["epoch_batches"]["batches"] == math.ceil(s["train_rows"] / batch)
+        t = r["tokens"]
+        assert 0 < t["train_nonpad_per_step"] <= t["train_padded_per_step"] <= batch * max_len, name
+        assert t["train_pad_share"] == pytest.approx(1 - t["train_nonpad_per_step"] / t["train_padded_per_step"],
+                                                     abs=1e-5)
+        assert r["flops"]["per_nonpad_train_token"] == pytest.approx(
+            r["flops"]["per_step"] / t["train_nonpad_per_step"], rel=1e-4)
+        # train() over the rows of the warm-up + timed batches: one step per batch of them
+        tc = r["train_check"]
+        assert 0 < tc["rows"] <= (steps + warmup) * batch and tc["steps"] == math.ceil(tc["rows"] / batch), name
+        assert 0 < tc["train_seconds"] <= tc["wall_seconds"]
+        assert r["trainable_params"] <= r["total_params"]
+    assert rep["recipes"]["none"]["trainable_params"] == rep["recipes"]["none"]["total_params"]
+    for name in ("lora", "musclelora"):
+        assert rep["recipes"][name]["trainable_params"] < rep["recipes"]["none"]["total_params"] / 10, name
+    base = rep["recipes"]["none"]["framework"]["sec_per_step_median"]
+    for name, d in rep["defenses"].items():
+        assert d["vs_none"] == pytest.approx(d["sec_per_step"] / base, rel=1e-3), name
+
+
+def _assert_flops_are_the_analytic_count(rep: dict) -> None:
+    """Plain fine-tuning of tiny-bert: every matmul's FLOPs, forward (2 per multiply-add) and backward (twice
+    the forward: the gradients of both operands, everything trains), counted by hand from the config."""
+    from bench.backbones import resolve_backbone
+
+    cfg = resolve_backbone("tiny-bert").load(2, seed=0).model.config
+    h, inter, layers, labels = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_labels
+    r = rep["recipes"]["none"]
+    batch = rep["settings"]["batch_size"]
+    tokens = r["tokens"]["train_padded_per_step"]
+    length = tokens / batch  # the timed batches here are full batches padded to max_length (asserted below)
+    assert tokens == batch * rep["settings"]["max_length"], "the timed batches are no longer uniform: count per batch"
+    per_token = layers * (4 * h * h + 2 * h * inter)  # Q, K, V, output; FFN in and out
+    attention = layers * 2 * length * length * h  # Q K^T and the weighted sum of V, per sequence
+    head = h * h + h * labels  # pooler and classifier, per sequence
+    forward = 2 * (per_token * tokens + (attention + head) * batch)
+    assert r["flops"]["per_step"] == pytest.approx(3 * forward, rel=1e-3)
+    # LoRA freezes the weights: no weight gradients, so fewer FLOPs than plain fine-tuning on the same batches
+    assert rep["recipes"]["lora"]["flops"]["per_step"] < r["flops"]["per_step"]
