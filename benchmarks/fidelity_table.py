@@ -26,6 +26,8 @@ warnings.filterwarnings("ignore", message="Precision loss occurred")  # Welch's 
 
 # declared in docs/fidelity.md before any fidelity number was read: the published point + 10 points
 BOUND = {"onion": 0.30, "badacts": 0.10, "rap": 0.15}
+# run 6: no published ASR could be read offline (docs/fidelity.md), so only the direction rule can give a verdict
+DIRECTION_ONLY = {"strip", "bki", "cube", "zdefense", "dpoe", "btu", "musclelora"}
 CACC_SLACK, DIRECTION = 0.03, 0.30
 SETTING = ["dataset", "attack", "label_regime", "trigger_count", "poison_rate"]
 
@@ -38,8 +40,11 @@ def _own(settings: str, defense: str) -> str:
 
 def verdict(defense: str, asr: np.ndarray, cacc: np.ndarray, asr_none: np.ndarray, cacc_none: np.ndarray) -> str:
     bound = BOUND.get(defense)
-    if bound is None:
+    if bound is None and defense not in DIRECTION_ONLY:
         return "-"
+    if bound is None:
+        direction = asr_none.mean() - asr.mean() >= DIRECTION and welch_p(asr, asr_none) < 0.05
+        return "in direction only" if direction else "not reproduced"
     if asr.mean() <= bound and cacc_none.mean() - cacc.mean() <= CACC_SLACK:
         return "reproduced"
     p = welch_p(asr, asr_none)
@@ -56,24 +61,37 @@ def rows(root: Path) -> list[dict]:
         return []
     seeds = pd.concat(frames, ignore_index=True)
     seeds["own"] = [_own(s, d) for s, d in zip(seeds.settings, seeds.defense)]
-    nones = seeds[seeds.defense == "none"].drop_duplicates(SETTING + ["seed"])
     out = []
     for (folder, *setting, defense, own), d in seeds[seeds.defense != "none"].groupby(
             ["folder", *SETTING, "defense", "own"], dropna=False):
-        none = nones[(nones[SETTING] == pd.Series(dict(zip(SETTING, setting)))).all(axis=1)]
+        none = _control(seeds, "none", folder, setting)
         shared = sorted(set(d.seed) & set(none.seed))
         a, c = d.set_index("seed").loc[shared], none.set_index("seed").loc[shared]
         n = len(shared)
+        control = _control(seeds, "clean-only", folder, setting) if defense != "clean-only" and bool(
+            d.uses_clean.fillna(False).astype(bool).any()) else None
+        both = sorted(set(d.seed) & set(control.seed)) if control is not None else []
         out.append({
             "folder": folder, **dict(zip(SETTING, setting)), "defense": defense, "settings": own, "seeds": n,
             "cacc": _interval(a.cacc), "asr": _interval(a.asr), "untriggered": 100 * a.clean_to_target.mean(),
             "excess": 100 * (a.asr - a.clean_to_target).mean(),
             "cacc_none": _interval(c.cacc), "asr_none": _interval(c.asr),
             "p": p_text(a.asr.to_numpy(), c.asr.to_numpy()),
+            "asr_control": _interval(control.set_index("seed").loc[both].asr) if both else "-",
+            "p_control": p_text(d.set_index("seed").loc[both].asr.to_numpy(),
+                                control.set_index("seed").loc[both].asr.to_numpy()) if len(both) >= 2 else "-",
             "verdict": verdict(defense, a.asr.to_numpy(), a.cacc.to_numpy(), c.asr.to_numpy(), c.cacc.to_numpy())
             if n >= 3 else "fewer than 3 seeds",
         })
     return out
+
+
+def _control(seeds: pd.DataFrame, defense: str, folder: str, setting: list) -> pd.DataFrame:
+    """``defense``'s cells of the same setting, one per seed: the folder's own first (the same victims, the same
+    machine), then those of the other folders for seeds the folder lacks."""
+    same = seeds[(seeds.defense == defense) & (seeds[SETTING] == pd.Series(dict(zip(SETTING, setting)))).all(axis=1)]
+    same = same.assign(_other=same.folder != folder).sort_values(["_other", "folder"], kind="stable")
+    return same.drop_duplicates("seed").drop(columns="_other")
 
 
 def _interval(values: pd.Series) -> str:
@@ -87,12 +105,13 @@ def table(root: Path) -> str:
     found = rows(root)
     head = ("| folder | attack | regime | triggers | defense | its settings | seeds | CACC | ASR | untriggered | "
             "ASR - untriggered | "
-            "`none` CACC | `none` ASR | ASR p vs `none` | verdict |")
+            "`none` CACC | `none` ASR | ASR p vs `none` | `clean-only` ASR | ASR p vs `clean-only` | verdict |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in found:
         out.append(f"| {r['folder']} | {r['attack']} | {r['label_regime']} | {r['trigger_count']} | `{r['defense']}` | "
                    f"{r['settings']} | {r['seeds']} | {r['cacc']} | {r['asr']} | {r['untriggered']:.1f} | {r['excess']:.1f} | "
-                   f"{r['cacc_none']} | {r['asr_none']} | {r['p']} | {r['verdict']} |")
+                   f"{r['cacc_none']} | {r['asr_none']} | {r['p']} | {r['asr_control']} | {r['p_control']} | "
+                   f"{r['verdict']} |")
     return "\n".join(out)
 
 

@@ -27,3 +27,9 @@ def test_verdicts():
 def test_own_settings_tell_cells_of_one_defense_apart():
     s = "badnets.label_regime=dirty; onion.mode=fixed; profile.train_size=1500"
     assert ft._own(s, "onion") == "onion.mode=fixed" and ft._own(s, "rap") == "(defaults)"
+
+
+def test_defenses_without_a_published_point_get_the_direction_rule_only():
+    v = lambda d, asr: ft.verdict(d, np.array(asr), NONE_CACC, NONE_ASR, NONE_CACC)  # noqa: E731
+    assert v("bki", [0.05, 0.06, 0.05]) == "in direction only"  # never "reproduced": no published bound
+    assert v("bki", [0.90, 0.95, 0.99]) == "not reproduced"
