@@ -91,7 +91,12 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         """The record's ``row``: every field, in the record's order (values as given, not copied)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _fields(self)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields in declaration order (values as given, not copied: unlike dataclasses.asdict)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class TrainingInfo:
         return cls(**{f.name: info.get(f.name) for f in dataclasses.fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _fields(self)
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ class EvaluationInfo:
         return cls(**{f.name: metrics[f.name] for f in dataclasses.fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _fields(self)
 
 
 def _csv_order() -> list[dataclasses.Field]:
