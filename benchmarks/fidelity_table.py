@@ -29,7 +29,8 @@ BOUND = {"onion": 0.30, "badacts": 0.10, "rap": 0.15}
 # run 6: no published ASR could be read offline (docs/fidelity.md), so only the direction rule can give a verdict
 DIRECTION_ONLY = {"strip", "bki", "cube", "zdefense", "dpoe", "btu", "musclelora"}
 CACC_SLACK, DIRECTION = 0.03, 0.30
-SETTING = ["dataset", "attack", "label_regime", "trigger_count", "poison_rate"]
+# the victims a defense cell is compared with: the same attack setting, training size and test slice
+SETTING = ["dataset", "attack", "label_regime", "trigger_count", "poison_rate", "n_train", "n_test_clean"]
 
 
 def _own(settings: str, defense: str) -> str:
@@ -101,6 +102,27 @@ def _interval(values: pd.Series) -> str:
     return interval_text(mean, lo, hi, len(values))
 
 
+RANK = {"reproduced": 0, "in direction only": 1, "not reproduced": 2}
+
+
+def summary(found: list[dict]) -> list[tuple[str, str, str]]:
+    """Per baseline: its best verdict over the table's rows and the folders that gave it (the count issue 24's
+    "at least 8 reproduced at least in direction" reads)."""
+    best: dict[str, tuple[int, list[str]]] = {}
+    for r in found:
+        rank = RANK.get(r["verdict"])
+        if rank is None:
+            continue
+        where = f"{r['folder']} ({r['settings']})" if r["settings"] != "(defaults)" else r["folder"]
+        old = best.get(r["defense"])
+        if old is None or rank < old[0]:
+            best[r["defense"]] = (rank, [where])
+        elif rank == old[0]:
+            old[1].append(where)
+    names = {v: k for k, v in RANK.items()}
+    return [(d, names[rank], ", ".join(where)) for d, (rank, where) in sorted(best.items(), key=lambda kv: (kv[1][0], kv[0]))]
+
+
 def table(root: Path) -> str:
     found = rows(root)
     head = ("| folder | attack | regime | triggers | defense | its settings | seeds | CACC | ASR | untriggered | "
@@ -112,6 +134,11 @@ def table(root: Path) -> str:
                    f"{r['settings']} | {r['seeds']} | {r['cacc']} | {r['asr']} | {r['untriggered']:.1f} | {r['excess']:.1f} | "
                    f"{r['cacc_none']} | {r['asr_none']} | {r['p']} | {r['asr_control']} | {r['p_control']} | "
                    f"{r['verdict']} |")
+    best = summary(found)
+    held = sum(v != "not reproduced" for _, v, _ in best)
+    out += ["", f"Per baseline, its best verdict ({held} of {len(best)} reproduced at least in direction):", "",
+            "| defense | best verdict | where |", "|---|---|---|"]
+    out += [f"| `{d}` | {v} | {w} |" for d, v, w in best]
     return "\n".join(out)
 
 
