@@ -44,12 +44,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import datasets
 import numpy as np
 import pandas as pd
+import typer
 
 from bench import progress, registry
+from bench.cli_shared import USER_ERRORS, DataDirOpt, command_line, fail
 from bench.attack import Attack, AttackError, PoisonedData
 from bench.config import build_config, config_dict
 from bench.data import TextDataset, stratified_indices
@@ -577,3 +580,52 @@ def musclelora_release(data_dir: str | Path, dataset: str, attacks: list[str] | 
                               f"{registry.suggest(a, list(RELEASE_ATTACKS))}")
         out.append((a, root / a))
     return out
+
+
+@register("command", "musclelora-release")
+def musclelora_release_cmd(
+    ctx: typer.Context,
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="sst2|hsol", help="Dataset (repeatable; default both)."),
+    attack: Optional[List[str]] = typer.Option(
+        None, "--attack", "-a", metavar="NAME", help="The release's attacks: badnets, addsent, stylebkd, synbkd (default all)."),
+    defense: List[str] = typer.Option(..., "--defense", "-d", metavar="NAME", help="Defense name (repeatable)."),
+    backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
+    seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", metavar="N", help="Seed (repeatable; default 1)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile (default cpu)."),
+    out: Path = typer.Option(Path("results") / "imported", "--out", "-o", metavar="FOLDER", help="Results folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE",
+                                             help="Settings as for run (file.KEY=VALUE applies to every imported attack)."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded. Trained victims are "
+                               "still reused from the victim cache; to retrain them too, remove them first with "
+                               "`bench cache clear` (`bench cache list` shows them)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Plain lines instead of bars."),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Run MuScleLoRA's released poisoned data (<data>/published/musclelora/, its four attacks) through defenses:
+    one `file` attack per release folder, named file:musclelora-<attack>. Unpoisoned training rows whose
+    sentence is in the dataset's dev split are dropped (file.drop_dev_overlap=true; set it false to keep them)."""
+    from bench.config import parse_assignments
+    from bench.data import resolve_data_dir
+    from bench.profiles import get_profile
+    from bench.runner import plan, run_grid
+
+    command = command_line(ctx)
+    try:
+        settings = parse_assignments(set_ or [])
+        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
+        # the release's training files hold sentences of our dev splits (HSOL: 514-520 rows); model
+        # selection must not see rows trained on, so they are dropped unless the user says otherwise
+        file_settings = {"drop_dev_overlap": "true", **settings.pop("file", {})}
+        root = resolve_data_dir(data_dir, need="published/musclelora")
+        cells = []
+        for ds in dataset or ["sst2", "hsol"]:
+            for name, folder in musclelora_release(root, ds, attack):
+                chosen = {**settings, "file": {**file_settings, "folder": str(folder), "label": f"musclelora-{name}"}}
+                cells += plan([ds], list(backbone or prof.backbones), ["file"], list(defense), list(seed or [1]), prof,
+                              chosen)
+        summary = run_grid(cells, out, data_dir=data_dir, command=command,
+                           progress="lines" if no_progress else "auto", force=force)
+    except USER_ERRORS as e:
+        fail(e)
+    typer.echo(f"{summary['ran']} cells run, {summary['skipped']} already recorded, "
+               f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out / 'leaderboard.csv'} and .md")

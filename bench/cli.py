@@ -6,55 +6,22 @@ every defense) or one cell:
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from . import registry
+from .cli_shared import USER_ERRORS, DataDirOpt, PluginsOpt, add_registered_commands
+from .cli_shared import command_line as _command_line
+from .cli_shared import fail as _fail
+from .cli_shared import load_plugins as _load_plugins
 from .config import ConfigError, parse_assignments, parse_sweeps
-from .data import ENV_VAR, DataError
-from .errors import BenchError
+from .data import DataError
 from .profiles import MAIN_JOB, PROFILES, get_profile
 from .results import ResultsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-# only the project's own error types are user errors (one line, exit 2); a bug keeps its traceback
-USER_ERRORS = (BenchError,)
-
-PluginsOpt = typer.Option(None, "--plugins", metavar="FILE.py",
-                          help="A .py file that registers plugins (repeatable); the file is executed.")
-DataDirOpt = typer.Option(
-    None, "--data-dir", envvar=ENV_VAR, metavar="FOLDER", help=f"Benchmark data folder (also ${ENV_VAR}; default: the data cache, then ../shared/data, then a fetch)."
-)
-
-
-def _command_line(ctx: typer.Context) -> str:
-    """The invocation, rebuilt from the parsed options (what a record names as its command)."""
-    parts = ["bench", ctx.info_name or ""]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if value is None or value == param.default or value == [] or value is False:
-            continue
-        flag = max(param.opts, key=len)
-        if value is True:
-            parts.append(flag)
-        else:
-            for v in value if isinstance(value, (list, tuple)) else [value]:
-                parts += [flag, str(v)]
-    return shlex.join(parts)
-
-
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
-def _load_plugins(files: Optional[List[Path]]) -> None:
-    for f in files or []:
-        registry.load_plugin_file(f)
 
 
 @app.command("list")
@@ -71,7 +38,7 @@ def list_cmd(
         prof = get_profile(profile or "cpu")
     except USER_ERRORS as e:
         _fail(e)
-    for kind in registry.KINDS:
+    for kind in registry.PLUGIN_KINDS:
         rows = [(e.name, _describe(e, prof.name)) for e in registry.entries(kind)]
         rows += sorted(registry.unavailable(kind).items())
         typer.echo(f"\n{kind}s:")
@@ -319,76 +286,6 @@ def compare(
 
 
 @app.command()
-def fourier(
-    ctx: typer.Context,
-    attack: str = typer.Option("badnets", "--attack", "-a", metavar="NAME", help="Attack name."),
-    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", metavar="NAME", help="Defenses (default: none, musclelora)."),
-    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder."),
-    backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
-    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile."),
-    samples: int = typer.Option(256, "--samples", metavar="N", help="Clean and poisoned dev rows in the analysis (each)."),
-    every: int = typer.Option(5, "--every", metavar="N", help="Record every N training steps."),
-    out: Path = typer.Option(Path("results") / "fourier", "--out", "-o", metavar="FOLDER", help="Output folder."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE", help="PLUGIN.KEY=VALUE settings, as for run."),
-    data_dir: Optional[Path] = DataDirOpt,
-    plugins: Optional[List[Path]] = PluginsOpt,
-) -> None:
-    """Frequency-space analysis: low/high-frequency errors on clean and poisoned dev during training."""
-    from tabulate import tabulate
-
-    from . import fourier as fourier_mod
-    from .runner import plan
-
-    try:
-        _load_plugins(plugins)
-        settings = parse_assignments(set_ or [])
-        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
-        cells = plan([dataset], [backbone], [attack], list(defense or ["none", "musclelora"]), [seed], prof, settings)
-        summary = fourier_mod.run(cells, out, data_dir=data_dir, n_samples=samples, every=every,
-                                  command=_command_line(ctx))
-    except USER_ERRORS as e:
-        _fail(e)
-    typer.echo(tabulate(summary, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"))
-    typer.echo(f"wrote {out / 'fourier.csv'}, {out / 'fourier.png'}, {out / 'fourier.md'}")
-
-
-@app.command()
-def cost(
-    ctx: typer.Context,
-    refresh: List[int] = typer.Option([1, 4], "--refresh", metavar="K", help="musclelora.refresh_every values to measure."),
-    attack: List[str] = typer.Option(["badnets"], "--attack", "-a", metavar="NAME", help="Attacks."),
-    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset."),
-    backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
-    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile."),
-    out: Path = typer.Option(Path("results") / "cost", "--out", "-o", metavar="FOLDER", help="Output folder."),
-    reuse: Optional[List[Path]] = typer.Option(None, "--reuse", metavar="FOLDER", help="Results folders whose matching cells are copied."),
-    data_dir: Optional[Path] = DataDirOpt,
-) -> None:
-    """Per-step cost of musclelora against lora, and what refreshing the reference gradient every k
-    steps does to time, CACC and ASR (writes OUT/cost.md from the cell records)."""
-    from .results import load_records
-    from .runner import plan, run_grid
-
-    command = _command_line(ctx)
-    try:
-        prof = get_profile(profile or "cpu")
-        cells = plan([dataset], [backbone], attack, ["lora"], [seed], prof)
-        for k in refresh:
-            cells += plan([dataset], [backbone], attack, ["musclelora"], [seed], prof,
-                          {"musclelora": {"refresh_every": str(k)}})
-        run_grid(cells, out, data_dir=data_dir, command=command, reuse=reuse)
-    except USER_ERRORS as e:
-        _fail(e)
-    from defenses.musclelora.cost import cost_table  # the MuScleLoRA family's own report
-
-    text = cost_table(load_records(out), command)
-    (out / "cost.md").write_text(text)
-    typer.echo(text)
-
-
-@app.command()
 def plot(
     out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", metavar="FOLDER", help="Results folder."),
 ) -> None:
@@ -456,55 +353,6 @@ def export_cmd(
     typer.echo(f"wrote {out}: {c['n_train']} training rows ({c['n_poisoned']} poisoned), {c['n_test_clean']} clean and "
                f"{c['n_test_poison']} poisoned test rows; OpenBackdoor CSVs, hf/, manifest.json\n"
                f"import again: {manifest['import_with']}")
-
-
-@app.command("musclelora-release")
-def musclelora_release_cmd(
-    ctx: typer.Context,
-    dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="sst2|hsol", help="Dataset (repeatable; default both)."),
-    attack: Optional[List[str]] = typer.Option(
-        None, "--attack", "-a", metavar="NAME", help="The release's attacks: badnets, addsent, stylebkd, synbkd (default all)."),
-    defense: List[str] = typer.Option(..., "--defense", "-d", metavar="NAME", help="Defense name (repeatable)."),
-    backbone: Optional[List[str]] = typer.Option(None, "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
-    seed: Optional[List[int]] = typer.Option(None, "--seed", "-s", metavar="N", help="Seed (repeatable; default 1)."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile (default cpu)."),
-    out: Path = typer.Option(Path("results") / "imported", "--out", "-o", metavar="FOLDER", help="Results folder."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE",
-                                             help="Settings as for run (file.KEY=VALUE applies to every imported attack)."),
-    force: bool = typer.Option(False, "--force", help="Recompute cells already recorded. Trained victims are "
-                               "still reused from the victim cache; to retrain them too, remove them first with "
-                               "`bench cache clear` (`bench cache list` shows them)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="Plain lines instead of bars."),
-    data_dir: Optional[Path] = DataDirOpt,
-) -> None:
-    """Run MuScleLoRA's released poisoned data (<data>/published/musclelora/, its four attacks) through defenses:
-    one `file` attack per release folder, named file:musclelora-<attack>. Unpoisoned training rows whose
-    sentence is in the dataset's dev split are dropped (file.drop_dev_overlap=true; set it false to keep them)."""
-    from attacks.imported import musclelora_release
-
-    from .data import resolve_data_dir
-    from .runner import plan, run_grid
-
-    command = _command_line(ctx)
-    try:
-        settings = parse_assignments(set_ or [])
-        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
-        # the release's training files hold sentences of our dev splits (HSOL: 514-520 rows); model
-        # selection must not see rows trained on, so they are dropped unless the user says otherwise
-        file_settings = {"drop_dev_overlap": "true", **settings.pop("file", {})}
-        root = resolve_data_dir(data_dir, need="published/musclelora")
-        cells = []
-        for ds in dataset or ["sst2", "hsol"]:
-            for name, folder in musclelora_release(root, ds, attack):
-                chosen = {**settings, "file": {**file_settings, "folder": str(folder), "label": f"musclelora-{name}"}}
-                cells += plan([ds], list(backbone or prof.backbones), ["file"], list(defense), list(seed or [1]), prof,
-                              chosen)
-        summary = run_grid(cells, out, data_dir=data_dir, command=command,
-                           progress="lines" if no_progress else "auto", force=force)
-    except USER_ERRORS as e:
-        _fail(e)
-    typer.echo(f"{summary['ran']} cells run, {summary['skipped']} already recorded, "
-               f"{summary['wall_seconds'] / 60:.1f} min; leaderboard: {out / 'leaderboard.csv'} and .md")
 
 
 cache_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -634,6 +482,11 @@ def data_manifest(
     (out or MANIFEST_PATH).write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
     typer.echo(f"{out or MANIFEST_PATH}: {sum(len(s['files']) for s in manifest['sources'].values())} source files, "
                f"{len(manifest['built'])} built files")
+
+
+# commands that plugins bring (`bench cost`, `bench fourier`, `bench musclelora-release`, ...): each
+# registers its typer command function with @register("command", name); the core never imports a plugin
+add_registered_commands(app)
 
 
 def _quiet_transformers() -> None:

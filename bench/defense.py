@@ -11,9 +11,10 @@ Rules (checked by the contract tests in ``tests/test_defense_contract.py`` for e
   with ``text``, ``label`` and ``row_id`` only (never the poison flags or the original labels), the
   context holds no target label, and the clean rows it offers are clean dev rows, never poisoned ones.
 * A defense that overrides none of the training hooks (:meth:`select_train`, :meth:`add_train`,
-  :meth:`prepare_model`, :meth:`backward`, :meth:`reference_size`) and has no ``learning_rate``/``epochs`` setting acts
-  only after training: it gets the plain victim of its attack x dataset x backbone x seed, trained
-  once and cached on disk, shared with every other post-training defense.
+  :meth:`prepare_model`, :meth:`backward`, :meth:`reference_size`) and has no ``learning_rate``/``epochs`` setting
+  (a Config that inherits :class:`TrainingSchedule` has them) acts only after training: it gets the plain
+  victim of its attack x dataset x backbone x seed, trained once and cached on disk, shared with every other
+  post-training defense.
 
 Stages:
 
@@ -23,7 +24,8 @@ Stages:
   counted in the record), for the clean-data controls.
 * during training: :meth:`reference_size` asks for clean reference rows (taken from the
   defender's clean rows), :meth:`prepare_model` chooses what trains, :meth:`backward` computes the
-  gradients of one step. ``learning_rate`` / ``epochs`` in a Config override the profile's, and a
+  gradients of one step. ``learning_rate`` / ``epochs`` in a Config (inherit :class:`TrainingSchedule`
+  for them) override the profile's, and a
   ``parameter_efficient`` defense trains at the profile's ``adapter_learning_rate``.
 * after training: :meth:`calibrate` fits thresholds or auxiliary parts on the calibration rows
   (``ctx.clean(n)``), then :meth:`predict` labels the test inputs; ``-1`` rejects an input (counted
@@ -45,6 +47,7 @@ The model protocol. A model returned by :meth:`prepare_model` (and the one insid
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -52,7 +55,7 @@ import datasets
 import numpy as np
 import torch
 
-from .config import NoConfig
+from .config import ConfigError, NoConfig
 from .errors import BenchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +64,56 @@ if TYPE_CHECKING:  # pragma: no cover
     from .victim import Victim
 
 TRAINING_HOOKS = ("select_train", "add_train", "prepare_model", "backward", "reference_size")
-TRAINING_SETTINGS = ("learning_rate", "epochs")
+# what a defense Config's TrainingSchedule notes say of None, unless the Config says otherwise
+PROFILE_NOTE = " (or None for the profile's)"
+
+
+class TrainingSchedule:
+    """The ``learning_rate`` / ``epochs`` of a defense that trains its own schedule: None is the
+    profile's (see :meth:`Defense.schedule`), and a Config with them acts in training.
+
+    A Config inherits the two fields instead of declaring them, and its ``validate`` ends with
+    :meth:`validate_schedule`::
+
+        @dataclass(frozen=True)
+        class LoraConfig(TrainingSchedule):
+            r: int = 8
+            ...
+
+            def validate(self) -> None:
+                ...
+                self.validate_schedule("lora", note="")
+
+    Not a dataclass itself: a dataclass base's fields would come *first*, and the field order is
+    what the ``Valid settings:`` of an unknown key and a record's ``settings`` string
+    (``lora.train_head=true; lora.learning_rate=0.5``) follow. So the two fields are appended to
+    the end of each direct subclass's own (where every Config declared them before this base
+    existed); a subclass of such a Config inherits them in place, like any dataclass field.
+    """
+
+    learning_rate: float | None = None
+    epochs: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherited = {name for base in cls.__mro__[1:] for name in getattr(base, "__dataclass_fields__", {})}
+        own = inspect.get_annotations(cls)
+        extra = {k: v for k, v in inspect.get_annotations(TrainingSchedule).items()
+                 if k not in own and k not in inherited}
+        if extra:  # runs before the @dataclass decorator reads the annotations; the defaults are ours
+            cls.__annotations__ = {**own, **extra}
+
+    def validate_schedule(self, plugin: str, note: str = PROFILE_NOTE, epochs_note: str | None = None) -> None:
+        """Reject a learning rate <= 0 and epochs < 1; the message names ``plugin`` and ends with ``note``
+        (``epochs_note`` for the epochs, ``note`` when None): "lora.epochs=0: must be >= 1"."""
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError(f"{plugin}.learning_rate={self.learning_rate}: must be > 0{note}")
+        if self.epochs is not None and self.epochs < 1:
+            tail = note if epochs_note is None else epochs_note
+            raise ConfigError(f"{plugin}.epochs={self.epochs}: must be >= 1{tail}")
+
+
+TRAINING_SETTINGS = tuple(inspect.get_annotations(TrainingSchedule))  # ("learning_rate", "epochs")
 
 
 class CleanBudgetError(BenchError):

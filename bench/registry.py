@@ -1,6 +1,8 @@
-"""One registry for every kind of plugin: attacks, defenses, datasets and backbones.
+"""One registry for every kind of plugin: attacks, defenses, datasets and backbones, and CLI commands.
 
-A plugin registers itself in its own file with ``@register("defense", "name")``. Nothing is
+A plugin registers itself in its own file with ``@register("defense", "name")``. A plugin that brings
+its own ``bench`` command registers the typer command function with ``@register("command", "name")``
+(its docstring is the help); bench/cli.py adds every registered command at startup. Nothing is
 imported at ``import bench`` time: the built-in plugin packages (``attacks``, ``defenses`` and the
 built-in datasets and backbones) are imported the first time the registry is queried, and a
 user's own file is added with :func:`load_plugin_file` (the CLI's ``--plugins``).
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-KINDS = ("attack", "defense", "dataset", "backbone")
+# the kinds `bench list` shows; "command" is a CLI command a plugin brings (added to `bench` at startup)
+PLUGIN_KINDS = ("attack", "defense", "dataset", "backbone")
+KINDS = (*PLUGIN_KINDS, "command")
 
 # Packages whose modules are imported on first use of the registry.
 BUILTIN_PACKAGES = {

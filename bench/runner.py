@@ -536,7 +536,12 @@ class Evaluator:
 
 def run_cell(cell: Cell, data: TextDataset | None = None, on_step: Callable[[int, int], None] | None = None,
              git: dict | None = None, on_model: Callable | None = None, store: VictimStore | None = None) -> dict:
-    """Run one cell and return its record (a convenience around :class:`Evaluator`)."""
+    """Run one cell and return its record (a convenience around :class:`Evaluator`).
+
+    Two public hooks let an analysis watch training (``bench fourier``, defenses/musclelora/fourier.py):
+    ``on_model(model, tokenizer, ctx)`` is called once with the model about to be trained (on its device)
+    and the cell's :class:`DefenseContext`; ``on_step(step, total)`` after every optimiser step. A cell
+    run with ``on_model`` always trains its victim and never reads or writes the victim cache."""
     return Evaluator(store=store, git=git).run_cell(cell, on_step=on_step, on_model=on_model, data=data)
 
 

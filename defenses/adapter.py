@@ -39,7 +39,7 @@ import torch
 from bench.adapters import is_head
 from bench.backbones import BackboneError, LoadedModel
 from bench.config import ConfigError
-from bench.defense import Defense, DefenseContext
+from bench.defense import Defense, DefenseContext, TrainingSchedule
 from bench.registry import register
 
 # the linear layers whose output is a sublayer's output before its residual connection
@@ -139,14 +139,12 @@ NORM_MARKERS = ("LayerNorm", "layer_norm", "layernorm", "norm.")
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(TrainingSchedule):  # + learning_rate, epochs (None: the profile's adapter_learning_rate)
     bottleneck: int = 8  # the MuScleLoRA paper's adapter baseline
     activation: Literal["gelu", "relu", "swish", "tanh"] = "gelu"
     init_std: float = 1e-2  # Houlsby's near-identity initialisation
     train_head: bool = True
     train_layer_norm: bool = False
-    learning_rate: float | None = None  # None: the profile's adapter_learning_rate
-    epochs: int | None = None
 
     def validate(self) -> None:
         if self.bottleneck < 1:
@@ -154,10 +152,7 @@ class AdapterConfig:
                               "(e.g. --set adapter.bottleneck=8)")
         if not self.init_std > 0:
             raise ConfigError(f"adapter.init_std={self.init_std}: must be > 0 (Houlsby: --set adapter.init_std=0.01)")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"adapter.learning_rate={self.learning_rate}: must be > 0 (or None for the profile's)")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"adapter.epochs={self.epochs}: must be >= 1 (or None for the profile's)")
+        self.validate_schedule("adapter")
 
 
 @register("defense", "adapter")

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from bench.backbones import BackboneError, LoadedModel
 from bench.config import ConfigError
-from bench.defense import Defense, DefenseContext, StepState
+from bench.defense import Defense, DefenseContext, StepState, TrainingSchedule
 from bench.registry import register
 
 
@@ -130,14 +130,12 @@ def has_dropout(model: torch.nn.Module) -> bool:
 
 
 @dataclass(frozen=True)
-class DPoEConfig:
+class DPoEConfig(TrainingSchedule):  # + learning_rate (the main model's), epochs; None: the profile's
     shallow_layers: int | None = None  # None: a quarter of the backbone's layers (3 of 12, 2 of MiniLM's 6)
     poe_alpha: float = 1.0
     temperature: float = 1.0
     rdrop_alpha: float = 3.0
     shallow_lr_ratio: float = 4.0  # the authors': 8e-5 for the shallow expert, 2e-5 for the main model
-    learning_rate: float | None = None  # the main model's; None: the profile's learning_rate
-    epochs: int | None = None
 
     def validate(self) -> None:
         if self.shallow_layers is not None and self.shallow_layers < 1:
@@ -152,10 +150,7 @@ class DPoEConfig:
         if self.shallow_lr_ratio <= 0:
             raise ConfigError(f"dpoe.shallow_lr_ratio={self.shallow_lr_ratio}: must be > 0 (the authors': "
                               "--set dpoe.shallow_lr_ratio=4)")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"dpoe.learning_rate={self.learning_rate}: must be > 0 (or None for the profile's)")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"dpoe.epochs={self.epochs}: must be >= 1 (or None for the profile's)")
+        self.validate_schedule("dpoe")
 
 
 @register("defense", "dpoe")

@@ -11,20 +11,18 @@ from dataclasses import dataclass
 
 from bench.adapters import add_lora
 from bench.backbones import LoadedModel
-from bench.defense import Defense, DefenseContext
+from bench.defense import Defense, DefenseContext, TrainingSchedule
 from bench.config import ConfigError
 from bench.registry import register
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(TrainingSchedule):  # + learning_rate, epochs (None: the profile's adapter_learning_rate)
     r: int = 8
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None  # None: the attention query and value projections
     train_head: bool = False  # True: the classification head trains too (PEFT's default for classification)
-    learning_rate: float | None = None  # None: the profile's adapter_learning_rate
-    epochs: int | None = None
 
     def validate(self) -> None:
         if self.r < 1 or self.alpha <= 0:
@@ -32,10 +30,7 @@ class LoraConfig:
                               "(e.g. --set lora.r=8)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout}: a dropout probability is in [0, 1)")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"lora.learning_rate={self.learning_rate}: must be > 0")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"lora.epochs={self.epochs}: must be >= 1")
+        self.validate_schedule("lora", note="")
 
 
 @register("defense", "lora")

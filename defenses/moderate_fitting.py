@@ -48,7 +48,7 @@ import torch
 from bench.adapters import add_lora
 from bench.backbones import LoadedModel
 from bench.config import ConfigError
-from bench.defense import Defense, DefenseContext
+from bench.defense import Defense, DefenseContext, TrainingSchedule
 from bench.registry import register
 
 
@@ -137,7 +137,7 @@ def reparameterize_lora(model: Any, in_dim: int, mid_dim: int, generator: torch.
 
 
 @dataclass(frozen=True)
-class ModerateFittingConfig:
+class ModerateFittingConfig(TrainingSchedule):  # + learning_rate, epochs: set outright (None: the scales)
     lora_r: int = 8
     lora_alpha: int = 16
     in_dim: int = 2
@@ -145,8 +145,6 @@ class ModerateFittingConfig:
     train_head: bool = True
     lr_scale: float = 0.3  # learning rate when learning_rate is None: lr_scale x the profile's adapter_learning_rate
     epoch_scale: float = 0.5  # epochs when epochs is None: ceil(epoch_scale x the profile's epochs)
-    learning_rate: float | None = None
-    epochs: int | None = None
 
     def validate(self) -> None:
         f = "moderate-fitting"
@@ -161,11 +159,8 @@ class ModerateFittingConfig:
                               f"or set {f}.learning_rate outright)")
         if not 0 < self.epoch_scale <= 1:
             raise ConfigError(f"{f}.epoch_scale={self.epoch_scale}: must be in (0, 1] (or set {f}.epochs outright)")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"{f}.learning_rate={self.learning_rate}: must be > 0 (or None: lr_scale x the "
-                              "profile's adapter_learning_rate)")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"{f}.epochs={self.epochs}: must be >= 1 (or None: epoch_scale x the profile's)")
+        self.validate_schedule(f, note=" (or None: lr_scale x the profile's adapter_learning_rate)",
+                               epochs_note=" (or None: epoch_scale x the profile's)")
 
 
 @register("defense", "moderate-fitting")

@@ -40,7 +40,7 @@ import torch
 from bench.adapters import is_head
 from bench.backbones import BackboneError, LoadedModel
 from bench.config import ConfigError
-from bench.defense import Defense, DefenseContext
+from bench.defense import Defense, DefenseContext, TrainingSchedule
 from bench.registry import register
 
 ATTN_IMPLEMENTATION = "bench_prefix"
@@ -133,12 +133,10 @@ def add_prefixes(model: Any, tokens: int, init_std: float, generator: torch.Gene
 
 
 @dataclass(frozen=True)
-class PrefixConfig:
+class PrefixConfig(TrainingSchedule):  # + learning_rate, epochs (None: the profile's adapter_learning_rate)
     num_virtual_tokens: int = 8
     init_std: float = 1.0  # PEFT's prefix embedding: N(0, 1)
     train_head: bool = True
-    learning_rate: float | None = None  # None: the profile's adapter_learning_rate
-    epochs: int | None = None
 
     def validate(self) -> None:
         if self.num_virtual_tokens < 1:
@@ -146,10 +144,7 @@ class PrefixConfig:
                               "(e.g. --set prefix.num_virtual_tokens=8)")
         if not self.init_std > 0:
             raise ConfigError(f"prefix.init_std={self.init_std}: must be > 0 (e.g. --set prefix.init_std=1.0)")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"prefix.learning_rate={self.learning_rate}: must be > 0 (or None for the profile's)")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"prefix.epochs={self.epochs}: must be >= 1 (or None for the profile's)")
+        self.validate_schedule("prefix")
 
 
 @register("defense", "prefix")

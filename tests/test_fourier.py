@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.fourier import kernels, relative_errors
+from defenses.musclelora.fourier import kernels, relative_errors
 
 
 def test_kernel_rows_sum_to_one_and_errors_vanish_for_a_perfect_model():

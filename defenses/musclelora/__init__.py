@@ -26,7 +26,7 @@ import torch
 from bench.adapters import add_lora, is_head
 from bench.backbones import DECODER_TYPES, LoadedModel
 from bench.config import ConfigError
-from bench.defense import Defense, DefenseContext, StepState
+from bench.defense import Defense, DefenseContext, StepState, TrainingSchedule
 from bench.registry import register
 
 from .alignment import AlignmentSettings, aligned_backward
@@ -40,7 +40,7 @@ CPU_ALIGNMENT = {"reference_size": 384, "ga_epoch": 0}
 
 
 @dataclass(frozen=True)
-class MuscleLoRAConfig:
+class MuscleLoRAConfig(TrainingSchedule):  # + learning_rate, epochs (None: the profile's adapter_learning_rate)
     """Settings; None means "the default for this backbone family" (encoder / decoder LLM)."""
 
     use_lora: bool = True
@@ -61,8 +61,6 @@ class MuscleLoRAConfig:
     decoder_head_dropout: float = 0.1  # dropout before the decoder head (the authors' decoder setting)
     refresh_every: int = 1
     freeze_head: bool = True
-    learning_rate: float | None = None  # None: the profile's adapter_learning_rate
-    epochs: int | None = None
 
     def validate(self) -> None:
         if self.max_raw_ratio is not None and not 0.0 <= self.max_raw_ratio <= 1.0:
@@ -175,3 +173,7 @@ class GALoRA(MuscleLoRA):
 
     Config = GALoRAConfig
     version = 4  # 3: chunked reference batches; 4: the authors' raw-ratio schedule and zero-reference rule
+
+
+# the family's own commands, `bench cost` and `bench fourier` (registered as commands, added by bench/cli.py)
+from . import cost, fourier  # noqa: E402,F401

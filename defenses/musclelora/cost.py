@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import pandas as pd
+import typer
+
+from bench.cli_shared import USER_ERRORS, DataDirOpt, command_line, fail
+from bench.registry import register
 
 
 def cost_table(records: list[dict], command: str) -> str:
@@ -29,3 +36,37 @@ def cost_table(records: list[dict], command: str) -> str:
         "relative to lora (same data, same machine, same run). `modes`: steps that used the aligned, mixed and "
         "raw gradient.\n\n" + tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n"
     )
+
+
+@register("command", "cost")
+def cost(
+    ctx: typer.Context,
+    refresh: List[int] = typer.Option([1, 4], "--refresh", metavar="K", help="musclelora.refresh_every values to measure."),
+    attack: List[str] = typer.Option(["badnets"], "--attack", "-a", metavar="NAME", help="Attacks."),
+    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset."),
+    backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
+    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile."),
+    out: Path = typer.Option(Path("results") / "cost", "--out", "-o", metavar="FOLDER", help="Output folder."),
+    reuse: Optional[List[Path]] = typer.Option(None, "--reuse", metavar="FOLDER", help="Results folders whose matching cells are copied."),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Per-step cost of musclelora against lora, and what refreshing the reference gradient every k
+    steps does to time, CACC and ASR (writes OUT/cost.md from the cell records)."""
+    from bench.profiles import get_profile
+    from bench.results import load_records
+    from bench.runner import plan, run_grid
+
+    command = command_line(ctx)
+    try:
+        prof = get_profile(profile or "cpu")
+        cells = plan([dataset], [backbone], attack, ["lora"], [seed], prof)
+        for k in refresh:
+            cells += plan([dataset], [backbone], attack, ["musclelora"], [seed], prof,
+                          {"musclelora": {"refresh_every": str(k)}})
+        run_grid(cells, out, data_dir=data_dir, command=command, reuse=reuse)
+    except USER_ERRORS as e:
+        fail(e)
+    text = cost_table(load_records(out), command)
+    (out / "cost.md").write_text(text)
+    typer.echo(text)

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
 import numpy as np
 import pandas as pd
 import torch
+import typer
 
-from .data import stratified_indices
-from .runner import Cell, DataCache, run_cell
-from .training import Encoded, pick_device, predict_logits
+from bench.cli_shared import USER_ERRORS, DataDirOpt, PluginsOpt, command_line, fail, load_plugins
+from bench.data import stratified_indices
+from bench.registry import register
+from bench.runner import Cell, DataCache, run_cell
+from bench.training import Encoded, pick_device, predict_logits
 
 
 @torch.no_grad()
@@ -179,9 +182,9 @@ def run(cells: list[Cell], out_dir: Path, data_dir: Any = None, n_samples: int =
         command: str = "") -> pd.DataFrame:
     from tabulate import tabulate
 
-    from . import progress
-    from .config import ConfigError
-    from .results import ResultsError, provenance, write_json_atomic
+    from bench import progress
+    from bench.config import ConfigError
+    from bench.results import ResultsError, provenance, write_json_atomic
 
     out_dir = Path(out_dir)
     if n_samples < 2:
@@ -204,7 +207,7 @@ def run(cells: list[Cell], out_dir: Path, data_dir: Any = None, n_samples: int =
     wall = time.perf_counter() - t0
     (out_dir / "fourier.md").write_text(
         f"# Frequency analysis\n\nMade by `{command}` in {wall / 60:.1f} min. "
-        "RE_low / RE_high: relative low- / high-frequency errors (see bench/fourier.py), averaged over the "
+        "RE_low / RE_high: relative low- / high-frequency errors (see defenses/musclelora/fourier.py), averaged over the "
         "deltas; the plot shows the middle delta.\n\n"
         + tabulate(summary, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f") + "\n\n"
         + tabulate(pd.DataFrame([r["row"] for r in records])[["defense", "cacc", "asr", "best_epoch"]],
@@ -215,3 +218,38 @@ def run(cells: list[Cell], out_dir: Path, data_dir: Any = None, n_samples: int =
         "provenance": provenance(command, wall),
     })
     return summary
+
+
+@register("command", "fourier")
+def fourier(
+    ctx: typer.Context,
+    attack: str = typer.Option("badnets", "--attack", "-a", metavar="NAME", help="Attack name."),
+    defense: Optional[List[str]] = typer.Option(None, "--defense", "-d", metavar="NAME", help="Defenses (default: none, musclelora)."),
+    dataset: str = typer.Option("sst2", "--dataset", metavar="NAME|FOLDER", help="Dataset name or CSV folder."),
+    backbone: str = typer.Option("minilm", "--backbone", "-b", metavar="NAME|FOLDER|HUB_ID", help="Backbone."),
+    seed: int = typer.Option(1, "--seed", "-s", metavar="N", help="Seed."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", help="Run profile."),
+    samples: int = typer.Option(256, "--samples", metavar="N", help="Clean and poisoned dev rows in the analysis (each)."),
+    every: int = typer.Option(5, "--every", metavar="N", help="Record every N training steps."),
+    out: Path = typer.Option(Path("results") / "fourier", "--out", "-o", metavar="FOLDER", help="Output folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="PLUGIN.KEY=VALUE", help="PLUGIN.KEY=VALUE settings, as for run."),
+    data_dir: Optional[Path] = DataDirOpt,
+    plugins: Optional[List[Path]] = PluginsOpt,
+) -> None:
+    """Frequency-space analysis: low/high-frequency errors on clean and poisoned dev during training."""
+    from tabulate import tabulate
+
+    from bench.config import parse_assignments
+    from bench.profiles import get_profile
+    from bench.runner import plan
+
+    try:
+        load_plugins(plugins)
+        settings = parse_assignments(set_ or [])
+        prof = get_profile(profile or "cpu", settings.pop("profile", {}))
+        cells = plan([dataset], [backbone], [attack], list(defense or ["none", "musclelora"]), [seed], prof, settings)
+        summary = run(cells, out, data_dir=data_dir, n_samples=samples, every=every, command=command_line(ctx))
+    except USER_ERRORS as e:
+        fail(e)
+    typer.echo(tabulate(summary, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"))
+    typer.echo(f"wrote {out / 'fourier.csv'}, {out / 'fourier.png'}, {out / 'fourier.md'}")
