@@ -484,6 +484,116 @@ def data_manifest(
                f"{len(manifest['built'])} built files")
 
 
+table_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Tables of results folders as docs/ shows them (Markdown on stdout; bench/tables/).")
+app.add_typer(table_app, name="table")
+
+
+@table_app.command("fidelity")
+def table_fidelity(
+    folder: Path = typer.Argument(Path("results") / "fidelity", metavar="[FOLDER]", exists=True,
+                                  help="Folder whose results folders (any depth) are read (default results/fidelity)."),
+) -> None:
+    """The fidelity table: each defense cell beside `none` over seeds, with docs/fidelity.md's verdicts.
+
+    `none` is taken on the same victims (same attack setting and seeds, from any folder under FOLDER);
+    the table ends with each baseline's best verdict."""
+    from .tables.fidelity import table
+
+    try:
+        text = table(folder)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+
+
+@table_app.command("matrix")
+def table_matrix(
+    folder: Path = typer.Argument(Path("results") / "setting-matrix-h200", metavar="[FOLDER]", exists=True,
+                                  help="The setting matrix's results folder (default results/setting-matrix-h200)."),
+) -> None:
+    """The setting matrix: each defense's ASR and CACC with one factor changed at a time (docs/fidelity.md).
+
+    Columns: the main job's point, then one factor changed each; cells: the reading of the rule declared
+    in docs/fidelity.md (run 7) and Welch's p against `none`."""
+    from .tables.matrix import table
+
+    try:
+        text = table(folder)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+
+
+@table_app.command("seeds")
+def table_seeds(
+    folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard_cells.csv."),
+    dataset: str = typer.Argument(..., metavar="DATASET"),
+    attack: str = typer.Argument(..., metavar="ATTACK"),
+) -> None:
+    """One attack x dataset over seeds: CACC and ASR per defense as mean ± interval (docs/findings.md).
+
+    Also the untriggered rate and Welch's p of the ASR against `none` and against `clean-only`."""
+    from .tables.seeds import table
+
+    try:
+        text = table(folder, dataset, attack)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+
+
+@table_app.command("grid")
+def table_grid(
+    folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard.csv."),
+    seed: int = typer.Argument(1, metavar="[SEED]", help="The seed whose cells are shown (default 1)."),
+) -> None:
+    """Defense x attack tables of one seed's cells, one per dataset (docs/findings.md).
+
+    CACC / ASR; the untriggered rate of `none` and the controls; the data filters' precision and recall;
+    the rejecting defenses' FRR and rejected poisoned inputs."""
+    from .tables.grid import tables
+
+    try:
+        text = tables(folder, seed)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+
+
+@table_app.command("defenses")
+def table_defenses(
+    csv: Path = typer.Argument(..., metavar="LEADERBOARD_CSV", exists=True, dir_okay=False, help="A leaderboard.csv."),
+) -> None:
+    """Dataset x attack by defense tables from a leaderboard CSV, one per test slice (docs/findings.md).
+
+    CACC / ASR, and FRR where a defense rejects."""
+    import pandas as pd
+
+    from .tables.defenses import table
+
+    typer.echo(table(pd.read_csv(csv)))
+
+
+@table_app.command("release")
+def table_release(
+    folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard_cells.csv."),
+    dataset: str = typer.Argument(..., metavar="DATASET"),
+    defenses: Optional[List[str]] = typer.Argument(None, metavar="[DEFENSE]...",
+                                                   help="Defenses to show (default: every one in the folder)."),
+) -> None:
+    """The MuScleLoRA release's poisoned data beside our attack of the same kind, per defense (issue 13).
+
+    CACC and ASR over seeds, and Welch's p of each pair."""
+    from .tables.release import table
+
+    try:
+        text = table(folder, dataset, list(defenses or []))
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+
+
 # commands that plugins bring (`bench cost`, `bench fourier`, `bench musclelora-release`, ...): each
 # registers its typer command function with @register("command", name); the core never imports a plugin
 add_registered_commands(app)

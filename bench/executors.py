@@ -1,7 +1,7 @@
 """Where a grid's cells run: here, one after the other (``--executor local``, the loop in
-:func:`bench.runner.run_grid`), or as Ray tasks (``--executor ray``) on a local or existing cluster.
+:func:`bench.grid.run_grid`), or as Ray tasks (``--executor ray``) on a local or existing cluster.
 
-Every executor runs a cell through the same step, :func:`bench.runner.run_claimed_cell`: skip it if
+Every executor runs a cell through the same step, :func:`bench.grid.run_claimed_cell`: skip it if
 recorded, claim it (``OUT/claims/<key>.json``), run it, write ``OUT/records/<key>.json``. So
 resumability and claims stay in bench's own content-keyed files, whatever runs the cells: a cell
 whose worker failed has no record and is run by the next invocation of the same command (a claim
@@ -90,8 +90,8 @@ def worker_env(data_dir: str | Path | None) -> dict[str, str]:
 
 def victim_group(cell) -> tuple:
     """Attack (and its settings) x dataset x backbone x seed: the post-training cells of a group share
-    one plain victim (the runner orders a grid by this, see ``bench.runner._grid_order``)."""
-    from .runner import _grid_order
+    one plain victim (the runner orders a grid by this, see ``bench.plan._grid_order``)."""
+    from .plan import _grid_order
 
     return _grid_order(cell)[:5]
 
@@ -100,7 +100,7 @@ def waves(cells: list) -> tuple[list, dict[tuple, list]]:
     """(wave 1, the rest by victim group). Wave 1: every cell that trains a victim of its own (a
     training-time defense) and the first post-training cell of each group (it trains the group's plain
     victim, or loads it); the rest of a group runs once that cell has finished."""
-    from .runner import _grid_order
+    from .plan import _grid_order
 
     first, waiting = [], {}
     for cell in sorted(cells, key=_grid_order):
@@ -160,7 +160,7 @@ class RayExecutor:
             replaces: dict[str, str], git: dict | None, data_dir: str | Path | None,
             victims: Path) -> Iterator[tuple[Any, str, dict | None]]:
         """Run ``cells`` (their record keys in ``keys``, by ``id(cell)``) and yield (cell, outcome,
-        record) as each finishes; outcome as :func:`bench.runner.run_claimed_cell` returns it. Raises
+        record) as each finishes; outcome as :func:`bench.grid.run_claimed_cell` returns it. Raises
         :class:`ExecutorError` at the end when cells failed (the others have run)."""
         from . import progress
         from .data import ENV_VAR
@@ -258,12 +258,14 @@ def _load_plugins(plugins: list[tuple[str, str]]) -> None:
 
 
 def _cell_task(cell, key: str, replaces: str | None, threads: int, common: dict) -> tuple[str, dict | None, str]:
-    """One Ray task: the cell through :func:`bench.runner.run_claimed_cell`, as the local executor runs
+    """One Ray task: the cell through :func:`bench.grid.run_claimed_cell`, as the local executor runs
     it. Returns (outcome, record or None, host)."""
     import torch
 
     from . import progress
-    from .runner import DataCache, Evaluator, run_claimed_cell
+    from .cell import Evaluator
+    from .grid import run_claimed_cell
+    from .plan import DataCache
     from .victim import VictimStore
 
     os.environ.update(common["env"])

@@ -1,14 +1,13 @@
-"""The fidelity table's verdicts (benchmarks/fidelity_table.py) follow the rules docs/fidelity.md declared."""
+"""The fidelity table's verdicts (bench/tables/fidelity.py, `bench table fidelity`) follow the rules docs/fidelity.md
+declared."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
+from bench.tables import fidelity as ft
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("fidelity_table", ROOT / "benchmarks" / "fidelity_table.py")
-ft = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ft)
 
 NONE_ASR, NONE_CACC = np.array([0.99, 1.0, 0.98]), np.array([0.81, 0.80, 0.82])
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import record, results, runner as runner_mod
+from bench import cell as cell_mod, record, results
 from bench.profiles import Profile, get_profile
 from bench.record import EvaluationInfo, Row, TrainingInfo
 from bench.results import CELL_KEY, COLUMNS, MD_COLUMNS, SCHEMA, STATED, records_frame
@@ -28,7 +28,7 @@ def built(tmp_path_factory):
         return build_record(*args, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(runner_mod, "build_record", spy)
+    mp.setattr(cell_mod, "build_record", spy)  # Evaluator.run_cell (bench/cell.py) calls it there
     try:
         rec = Evaluator().run_cell(cell, data=load_csv_folder(toy))
     finally:

@@ -1,16 +1,15 @@
-"""The release-vs-ours tables of docs/findings.md (benchmarks/release_table.py), read from the committed GPU folders."""
+"""The release-vs-ours tables of docs/findings.md (bench/tables/release.py, `bench table release`), read from the
+committed GPU folders."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+from bench.tables import release as rt
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("release_table", ROOT / "benchmarks" / "release_table.py")
-rt = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(rt)
 
 
 def seed_values(folder: Path, dataset: str, attack: str, defense: str, metric: str) -> np.ndarray:

@@ -3,7 +3,7 @@
 # deadline: several `bench run` processes per phase share one results folder through bench's claims
 # (each cell runs once), so one GPU is kept busy by many small MiniLM trainings.
 #
-#   benchmarks/gpu_grid.sh OUTDIR SECONDS [WORKERS]
+#   benchmarks/gpu/gpu_grid.sh OUTDIR SECONDS [WORKERS]
 #
 # Phases, in order (a worker moves to the next phase once every cell of its phase is done or claimed):
 #   1. tuning (README "Tuning protocol"): AG News, dirty-label BadNets, seed 1, cpu profile, 2000 test rows;

@@ -4,7 +4,7 @@
 # defenses on the whole training set, seed 1. Several `bench` processes share each results folder through
 # bench's claims (each cell runs once), so one GPU is kept busy by many small MiniLM trainings.
 #
-#   benchmarks/gpu_release.sh OUTDIR SECONDS [WORKERS]
+#   benchmarks/gpu/gpu_release.sh OUTDIR SECONDS [WORKERS]
 #
 # Phases, in order (a worker moves on once every cell of a phase is done or claimed by another worker):
 #   1-2. SST-2: the release's four attacks, then ours (badnets, addsent, style, syntactic), `none`, seeds 1-3

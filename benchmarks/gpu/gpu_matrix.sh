@@ -3,7 +3,7 @@
 # as one prepared script for a machine with a deadline. Several `bench run` processes per phase share
 # one results folder through bench's claims (each cell runs once).
 #
-#   benchmarks/gpu_matrix.sh OUTDIR SECONDS [WORKERS]
+#   benchmarks/gpu/gpu_matrix.sh OUTDIR SECONDS [WORKERS]
 #
 # Every cell: SST-2, MiniLM, cpu profile, the FULL clean test set (1,821 rows; the CPU runs use a 300-row
 # slice), fp32, no stealth scoring. Phases, in order (a worker moves on once every cell of a phase is done

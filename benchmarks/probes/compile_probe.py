@@ -1,6 +1,6 @@
 """Does ``torch.compile`` pay back its compile time within a cell? (issue 10, one of the levers)
 
-    python benchmarks/compile_probe.py --backbone minilm --profile cpu [--steps 30] [--out results/perf/compile]
+    python benchmarks/probes/compile_probe.py --backbone minilm --profile cpu [--steps 30] [--out results/perf/compile]
 
 Plain full fine-tuning (the recipe of `none` and of every post-training defense's victim), on the first
 ``train_size`` rows of the dataset's training split (not the runner's stratified slice: the same sentence
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "compiled_run_seconds": round(compiled_total, 1),
     }
     rep = {"result": result, "provenance": provenance(
-        "python benchmarks/compile_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "python benchmarks/probes/compile_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         time.perf_counter() - start)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

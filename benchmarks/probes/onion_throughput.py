@@ -6,7 +6,7 @@ sentence once, each one-word deletion only after the prefix it shares); (c) ONIO
 sharing (every deletion scored in full). Prints sentences per second and variants per second, with the
 CPU and thread count.
 
-    python3 benchmarks/onion_throughput.py [N] [--scorer smollm2-135m]
+    python3 benchmarks/probes/onion_throughput.py [N] [--scorer smollm2-135m]
 """
 
 from __future__ import annotations
