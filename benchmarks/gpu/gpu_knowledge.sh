@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 25's defender-knowledge curve on a lent GPU, as one prepared script (not run yet; written in session 14).
+#
+#   benchmarks/gpu/gpu_knowledge.sh OUTDIR SECONDS [WORKERS]
+#
+# For each clean budget B in 48 96 192 384 768: `clean-only`, `musclelora`, `none+clean` and `distill` given B
+# clean rows (clean-only.n_clean / musclelora.reference_size / none+clean.n_clean / distill.n_clean), beside
+# `none`; SST-2 then HSOL; BadNets, AddSent, HiddenKiller; the main job's setting (cpu profile, 1,500 rows),
+# the full test set, fp32, no stealth scoring; seed 1 first, then seeds 2 and 3. Every cell of the curve
+# holds profile.clean_size=768 (the largest budget), so the model-selection rows are the same for every
+# budget and defense (SST-2's 872 dev rows leave 104 for selection: say so beside the plot).
+# `bench run --sweep` gives each budget its own keyed cell. Workers share OUTDIR through claims; each
+# stops at the deadline (rerun to resume). BENCH_GRID_BACKBONE / BENCH_GRID_EXTRA: a local dry run.
+# On a copied tree, export BENCH_SOURCE_COMMIT (and BENCH_SOURCE_DIRTY=0).
+set -u
+OUTDIR=$1
+DEADLINE=$(( $(date +%s) + $2 ))
+W=${3:-15}
+BACKBONE=${BENCH_GRID_BACKBONE:-minilm}
+EXTRA=${BENCH_GRID_EXTRA:-}
+BUDGETS=${BENCH_BUDGETS:-48,96,192,384,768}
+export BENCH_THREADS=${BENCH_THREADS:-1} PYTHONUNBUFFERED=1
+mkdir -p "$OUTDIR/logs"
+RUN="python3 -m bench.cli run --main -b $BACKBONE --no-progress --keep-going -a badnets -a addsent -a hiddenkiller"
+COMMON="--set profile.clean_size=768 --set profile.test_size=None --set profile.precision=fp32 --set profile.stealth_samples=0 $EXTRA --out $OUTDIR"
+PHASES=()
+for seeds in "-s 1" "-s 2 -s 3"; do
+  for ds in sst2 hsol; do
+    PHASES+=("--dataset $ds $seeds -d none $COMMON")
+    PHASES+=("--dataset $ds $seeds -d clean-only --sweep clean-only.n_clean=$BUDGETS $COMMON")
+    PHASES+=("--dataset $ds $seeds -d distill --sweep distill.n_clean=$BUDGETS $COMMON")
+    PHASES+=("--dataset $ds $seeds -d musclelora --sweep musclelora.reference_size=$BUDGETS $COMMON")
+    PHASES+=("--dataset $ds $seeds -d none+clean --sweep none+clean.n_clean=$BUDGETS $COMMON")
+  done
+done
+left() { echo $(( DEADLINE - $(date +%s) )); }
+PIDS=""
+for i in $(seq "$W"); do
+  (
+    for phase in "${PHASES[@]}"; do
+      t=$(left); [ "$t" -gt 5 ] || exit 0
+      timeout -s INT "$t" $RUN $phase >>"$OUTDIR/logs/worker-$i.log" 2>&1
+    done
+  ) &
+  PIDS="$PIDS $!"
+  sleep 0.3
+done
+wait $PIDS
+echo "knowledge script done at $(date -u +%FT%TZ), $(left) s before the deadline"
