@@ -51,7 +51,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from bench import progress, registry
+from bench.engine import progress
+from bench import registry
 from bench.cli_shared import USER_ERRORS, DataDirOpt, command_line, fail
 from bench.attack import Attack, AttackError, PoisonedData
 from bench.config import build_config, config_dict
@@ -606,7 +607,7 @@ def musclelora_release_cmd(
     sentence is in the dataset's dev split are dropped (file.drop_dev_overlap=true; set it false to keep them)."""
     from bench.config import parse_assignments
     from bench.data import resolve_data_dir
-    from bench.profiles import get_profile
+    from bench.engine.profiles import get_profile
     from bench.runner import plan, run_grid
 
     command = command_line(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.attack import LabelRegime
-from bench.paraphrase import ParaphraseAttack, ParaphraseConfig
+from bench.data.paraphrase import ParaphraseAttack, ParaphraseConfig
 from bench.registry import register
 
 

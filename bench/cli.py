@@ -18,8 +18,8 @@ from .cli_shared import fail as _fail
 from .cli_shared import load_plugins as _load_plugins
 from .config import ConfigError, parse_assignments, parse_sweeps
 from .data import DataError
-from .profiles import MAIN_JOB, PROFILES, get_profile
-from .results import ResultsError
+from .engine.profiles import MAIN_JOB, PROFILES, get_profile
+from .reporting.results import ResultsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -46,7 +46,7 @@ def list_cmd(
     typer.echo("\nprofiles:")
     typer.echo(tabulate([(p.name, p.description) for p in PROFILES.values()], tablefmt="plain"))
     typer.echo(f"\nmain job (bench run --main): {MAIN_JOB.describe()}; writes {MAIN_JOB.out}/")
-    from .presets import PRESETS
+    from .engine.presets import PRESETS
 
     typer.echo("\npresets (bench run --preset NAME; the settings of docs/usage.md, 'Paper presets'):")
     for p in PRESETS.values():
@@ -60,7 +60,7 @@ def _with_preset(name: Optional[str], given: dict) -> tuple[dict, set]:
     (plugin, key) pairs whose value is the preset's."""
     if not name:
         return {p: dict(v) for p, v in given.items()}, set()
-    from .presets import get_preset
+    from .engine.presets import get_preset
 
     base = get_preset(name).assignments()
     merged = {p: {**base.get(p, {}), **given.get(p, {})} for p in {*base, *given}}
@@ -133,7 +133,7 @@ def run(
     plugins: Optional[List[Path]] = PluginsOpt,
 ) -> None:
     """Run cells (dataset x backbone x attack x defense x seed, x each --sweep value) and write the leaderboard."""
-    from .executors import make_executor
+    from .engine.executors import make_executor
     from .runner import plan, run_grid
 
     command = _command_line(ctx)
@@ -209,7 +209,7 @@ def leaderboard(
     out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", metavar="FOLDER", help="Results folder."),
 ) -> None:
     """Rebuild the leaderboard from the stored records and print it (Markdown)."""
-    from .results import write_leaderboard
+    from .reporting.results import write_leaderboard
 
     if not (out / "records").is_dir():
         _fail(ResultsError(f"{out}: no records/ folder; run `bench run --out {out}` first"))
@@ -238,8 +238,8 @@ def compare(
 
     import pandas as pd
 
-    from .results import compare as do_compare
-    from .results import read_leaderboard_csv, regressions
+    from .reporting.results import compare as do_compare
+    from .reporting.results import read_leaderboard_csv, regressions
 
     try:
         if fail_on_regression is not None and fail_on_regression < 0:
@@ -290,7 +290,7 @@ def plot(
     out: Path = typer.Option(Path("results") / "cpu", "--out", "-o", metavar="FOLDER", help="Results folder."),
 ) -> None:
     """Write the ASR-vs-CACC scatter and the attack x defense ASR heatmaps (PNG) into FOLDER/plots/."""
-    from .report import write_plots
+    from .reporting.report import write_plots
 
     try:
         paths = write_plots(out)
@@ -308,7 +308,7 @@ def report(
 ) -> None:
     """One self-contained HTML page of a results folder (summary, clean-data controls, cells, plots,
     provenance); open it in a browser, no server needed. The plots also land in RESULTS_DIR/plots/."""
-    from .report import write_report
+    from .reporting.report import write_report
 
     try:
         page = write_report(results, out)
@@ -339,7 +339,7 @@ def export_cmd(
     """Write an attack's poisoned data for a dataset and seed (train with poison flags, dev/test clean, dev/test
     poison) in OpenBackdoor's CSV layout and as a Hugging Face datasets folder, with manifest.json;
     `bench run -a file --set file.folder=FOLDER` imports it again."""
-    from .export import export, export_cell
+    from .data.export import export, export_cell
 
     try:
         _load_plugins(plugins)
@@ -365,7 +365,7 @@ def cache_list() -> None:
     """Each cached victim: key, what it is, size, and which records used it."""
     from tabulate import tabulate
 
-    from .victim import VictimStore
+    from .models.victim import VictimStore
 
     store = VictimStore()
     entries = store.entries()
@@ -384,7 +384,7 @@ def cache_clear(
     yes: bool = typer.Option(False, "--yes", help="Do not ask."),
 ) -> None:
     """Remove cached victims (all, or the given keys); records already written are kept."""
-    from .victim import VictimStore
+    from .models.victim import VictimStore
 
     store = VictimStore()
     known = {e["key"] for e in store.entries()}
@@ -417,8 +417,8 @@ def data_fetch(
     """Download the pinned public source files (each checked against its sha256 in the project's manifest),
     build the dataset folders from them and check every built file; a dataset is renamed into place only
     when complete."""
-    from . import progress
-    from .datafetch import Manifest, Sources, cache_root, fetch
+    from .data.datafetch import Manifest, Sources, cache_root, fetch
+    from .engine import progress
 
     previous = progress.use(progress.Reporter.auto(not no_progress))
     try:
@@ -442,7 +442,7 @@ def data_verify(
 ) -> None:
     """Check a data folder against the manifest committed in the project (sha256 of every built file)."""
     from .data import data_roots
-    from .datafetch import verify
+    from .data.datafetch import verify
 
     roots = [folder] if folder else [root for root, _ in data_roots() if root.is_dir()]
     if not roots:
@@ -475,7 +475,7 @@ def data_manifest(
     """For maintainers: rewrite the data manifest from a built folder and local copies of the sources."""
     import json
 
-    from .datafetch import MANIFEST_PATH, make_manifest
+    from .data.datafetch import MANIFEST_PATH, make_manifest
 
     pins = dict(s.split("=", 1) for s in source)
     manifest = make_manifest(built, pins, git)
@@ -485,7 +485,7 @@ def data_manifest(
 
 
 table_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                        help="Tables of results folders as docs/ shows them (Markdown on stdout; bench/tables/).")
+                        help="Tables of results folders as docs/ shows them (Markdown on stdout; bench/reporting/tables/).")
 app.add_typer(table_app, name="table")
 
 
@@ -498,7 +498,7 @@ def table_fidelity(
 
     `none` is taken on the same victims (same attack setting and seeds, from any folder under FOLDER);
     the table ends with each baseline's best verdict."""
-    from .tables.fidelity import table
+    from .reporting.tables.fidelity import table
 
     try:
         text = table(folder)
@@ -516,7 +516,7 @@ def table_matrix(
 
     Columns: the main job's point, then one factor changed each; cells: the reading of the rule declared
     in docs/fidelity.md (run 7) and Welch's p against `none`."""
-    from .tables.matrix import table
+    from .reporting.tables.matrix import table
 
     try:
         text = table(folder)
@@ -534,7 +534,7 @@ def table_seeds(
     """One attack x dataset over seeds: CACC and ASR per defense as mean ± interval (docs/findings.md).
 
     Also the untriggered rate and Welch's p of the ASR against `none` and against `clean-only`."""
-    from .tables.seeds import table
+    from .reporting.tables.seeds import table
 
     try:
         text = table(folder, dataset, attack)
@@ -552,7 +552,7 @@ def table_grid(
 
     CACC / ASR; the untriggered rate of `none` and the controls; the data filters' precision and recall;
     the rejecting defenses' FRR and rejected poisoned inputs."""
-    from .tables.grid import tables
+    from .reporting.tables.grid import tables
 
     try:
         text = tables(folder, seed)
@@ -570,7 +570,7 @@ def table_defenses(
     CACC / ASR, and FRR where a defense rejects."""
     import pandas as pd
 
-    from .tables.defenses import table
+    from .reporting.tables.defenses import table
 
     typer.echo(table(pd.read_csv(csv)))
 
@@ -585,7 +585,7 @@ def table_release(
     """The MuScleLoRA release's poisoned data beside our attack of the same kind, per defense (issue 13).
 
     CACC and ASR over seeds, and Welch's p of each pair."""
-    from .tables.release import table
+    from .reporting.tables.release import table
 
     try:
         text = table(folder, dataset, list(defenses or []))
@@ -630,7 +630,7 @@ def main() -> None:
     _quiet_warnings()
     _quiet_transformers()
     _interrupt_on_sigterm()
-    from .hardware import configure_threads
+    from .models.hardware import configure_threads
 
     configure_threads()
     app()

@@ -33,7 +33,7 @@ Stages:
   inputs shuffled together, so it cannot tell which set it is looking at.
 
 The model protocol. A model returned by :meth:`prepare_model` (and the one inside every
-:class:`~bench.victim.Victim`) must, like a Hugging Face ``*ForSequenceClassification`` model:
+:class:`~bench.models.victim.Victim`) must, like a Hugging Face ``*ForSequenceClassification`` model:
 
 * take ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the tokenizer makes them)
   and optionally ``labels``, ``output_hidden_states=True`` or ``inputs_embeds`` instead of ``input_ids``;
@@ -59,9 +59,9 @@ from .config import ConfigError, NoConfig
 from .errors import BenchError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backbones import LoadedModel
-    from .lm import CausalLMScorer
-    from .victim import Victim
+    from .models.backbones import LoadedModel
+    from .models.lm import CausalLMScorer
+    from .models.victim import Victim
 
 TRAINING_HOOKS = ("select_train", "add_train", "prepare_model", "backward", "reference_size")
 # what a defense Config's TrainingSchedule notes say of None, unless the Config says otherwise

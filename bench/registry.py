@@ -29,8 +29,8 @@ KINDS = (*PLUGIN_KINDS, "command")
 BUILTIN_PACKAGES = {
     "attack": ["attacks"],
     "defense": ["defenses"],
-    "dataset": ["bench.datasets_builtin"],
-    "backbone": ["bench.backbones"],
+    "dataset": ["bench.data.datasets_builtin"],
+    "backbone": ["bench.models.backbones"],
 }
 
 

@@ -1,16 +1,16 @@
 """The engine's public names, in one place: where attacks, defenses, datasets and backbones meet.
 
-The engine is three modules (see docs/architecture.md): :mod:`bench.plan` turns names and settings
+The engine is three modules (see docs/architecture.md): :mod:`bench.engine.plan` turns names and settings
 into validated :class:`Cell` objects and their keys, sorts a grid against its results folder and
-estimates its time; :mod:`bench.cell` runs one cell (:func:`prepare`, :meth:`Evaluator.victim`,
-:meth:`Evaluator.evaluate`, :func:`build_record`); :mod:`bench.grid` runs many (:func:`run_grid`,
+estimates its time; :mod:`bench.engine.cell` runs one cell (:func:`prepare`, :meth:`Evaluator.victim`,
+:meth:`Evaluator.evaluate`, :func:`build_record`); :mod:`bench.engine.grid` runs many (:func:`run_grid`,
 :func:`run_claimed_cell`) and tells its observers (progress, ``runs.jsonl``, the leaderboard, the
 summary) what happens. Plugins, benchmarks and tests import these names from here.
 """
 
 from __future__ import annotations
 
-from .cell import (
+from .engine.cell import (
     EVAL_ONLY_FIELDS,
     MIN_ASR_ROWS,
     WARN_ASR_ROWS,
@@ -28,7 +28,7 @@ from .cell import (
     training_profile,
     victim_identity,
 )
-from .grid import (
+from .engine.grid import (
     Leaderboard,
     Observer,
     Observers,
@@ -40,7 +40,7 @@ from .grid import (
     run_claimed_cell,
     run_grid,
 )
-from .plan import (
+from .engine.plan import (
     Cell,
     DataCache,
     DefenseSpec,
@@ -59,7 +59,7 @@ from .plan import (
     resolve_dataset,
     scan,
 )
-from .results import config_key, git_state, load_records, record_path, write_json_atomic, write_leaderboard
+from .reporting.results import config_key, git_state, load_records, record_path, write_json_atomic, write_leaderboard
 
 __all__ = [
     "EVAL_ONLY_FIELDS", "MIN_ASR_ROWS", "WARN_ASR_ROWS", "Cell", "DataCache", "DefenseSpec", "Evaluator", "GridClock",

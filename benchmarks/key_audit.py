@@ -4,7 +4,7 @@ For every record under a results folder, the cell the current code plans for the
 rebuilt with the project's own planning functions: the same dataset, backbone and seed, the attack and
 the defense by name with the record's config values as settings (``--set``), and the record's profile
 by name with the record's profile fields as overrides (``--set profile.FIELD=...``). Its configuration
-(:func:`bench.runner.cell_config`) and key (:func:`bench.results.config_key`, as ``bench run`` compares
+(:func:`bench.runner.cell_config`) and key (:func:`bench.reporting.results.config_key`, as ``bench run`` compares
 keys) are compared with the stored configuration. A record differs when the key differs; the first
 differing configuration path says why (``defense.version: absent -> 2``: the defense is at version 2
 now; ``defense.config.epochs: absent -> null``: a setting the record does not have).
@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.backbones import BackboneError
 from bench.data import DataError, resolve_data_dir
+from bench.engine.profiles import PROFILES, Profile, get_profile
 from bench.errors import BenchError
-from bench.profiles import PROFILES, Profile, get_profile
+from bench.models.backbones import BackboneError
 from bench.registry import PluginError
-from bench.results import config_key
+from bench.reporting.results import config_key
 from bench.runner import DataCache, cell_config, plan
 
 # the paths of an imported `file` attack's config that name files or folders

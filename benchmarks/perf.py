@@ -9,7 +9,7 @@ training slice of the dataset, poisoned by the attack exactly as ``bench.runner.
 training recipe (``none``'s plain fine-tuning, or a defense that changes training), on ONE model built
 by the defense's ``prepare_model`` and reset to the same initial weights before every run:
 
-* the framework's step, run the way ``bench.training.train`` runs it (``Encoded.batch`` padding,
+* the framework's step, run the way ``bench.models.training.train`` runs it (``Encoded.batch`` padding,
   ``StepState``, ``autocast``, ``defense.backward``, gradient clipping, AdamW, the LR schedule,
   ``zero_grad``), against a bare PyTorch loop written here (pre-collated batches, ``loss.backward()``,
   AdamW, ``zero_grad``; for an aligning defense also the reference forward/backward and the projection,
@@ -23,11 +23,11 @@ by the defense's ``prepare_model`` and reset to the same initial weights before 
 * bf16 autocast against fp32 for the ``none`` and ``lora`` steps (speed only: numerics are checked
   elsewhere);
 * AdamW implementations (default, foreach, fused) on each recipe's trainable parameters;
-* a check that the replica is faithful: ``bench.training.train`` itself, one epoch over the timed rows;
+* a check that the replica is faithful: ``bench.models.training.train`` itself, one epoch over the timed rows;
 * ``onion`` (inference time): seconds per sentence of ONION's word scoring (score cache disabled: a
   temporary ``BENCH_CACHE_DIR``) and of plain victim prediction, on SST-2 test sentences.
 
-Threads: ``bench.hardware.configure_threads()``, as ``bench run``; the count is recorded. The load
+Threads: ``bench.models.hardware.configure_threads()``, as ``bench run``; the count is recorded. The load
 average at start and end is recorded: other processes may share the CPU.
 """
 
@@ -51,14 +51,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.backbones import CACHE_ENV, resolve_backbone
 from bench.defense import Defense, StepState
-from bench.hardware import configure_threads
-from bench.profiles import get_profile
-from bench.results import git_state, provenance, write_json_atomic
+from bench.engine.profiles import get_profile
+from bench.models.backbones import CACHE_ENV, resolve_backbone
+from bench.models.hardware import configure_threads
+from bench.models.seeding import torch_seeded
+from bench.reporting.results import git_state, provenance, write_json_atomic
 from bench.runner import DataCache, Evaluator, plan, prepare
-from bench.seeding import torch_seeded
-from bench.training import (REFERENCE_CHUNK, Encoded, autocast, epoch_batches, length_chunks, pick_device,
+from bench.models.training import (REFERENCE_CHUNK, Encoded, autocast, epoch_batches, length_chunks, pick_device,
                             predict_logits, train, trainable_parameters)
 
 PLAIN = "none"  # the recipe of every post-training defense's victim: plain full fine-tuning
@@ -293,8 +293,8 @@ def make_optimizer(r: Recipe, profile):
 
 def run_framework(r: Recipe, profile, seed: int, device, precision: str, steps: int | None = None,
                   warm: int | None = None, flops: bool = False) -> dict:
-    """The framework's step, as bench.training.train runs it, over warm-up + timed batches."""
-    from bench import progress
+    """The framework's step, as bench.models.training.train runs it, over warm-up + timed batches."""
+    from bench.engine import progress
 
     restore(r)
     optimizer, scheduler = make_optimizer(r, profile)
@@ -559,7 +559,7 @@ def optimizer_variants(r: Recipe, profile, device, iters: int = 5) -> dict:
 
 
 def train_check(r: Recipe, prep, profile, seed: int, device, eval_rows: int | None = None) -> dict:
-    """bench.training.train itself, one epoch over the rows of the warm-up + timed batches, the dev
+    """bench.models.training.train itself, one epoch over the rows of the warm-up + timed batches, the dev
     evaluation included: its seconds per step (the on_step timestamps, first step left out)."""
     rows = sorted({i for b in r.warm + r.timed for i in b})
     t = prep.poisoned.train
@@ -585,8 +585,8 @@ def train_check(r: Recipe, prep, profile, seed: int, device, eval_rows: int | No
 def onion_cost(profile, test_texts: list[str], plain: Recipe, device, n: int, repeats: int, seed: int,
                counts: dict, calib: int) -> dict:
     import defenses.onion as onion
-    from bench.lm import get_scorer
-    from bench.victim import Victim
+    from bench.models.lm import get_scorer
+    from bench.models.victim import Victim
 
     t0 = time.perf_counter()
     scorer = get_scorer(profile.scorer_lm)
@@ -664,7 +664,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--onion-sentences", type=int, default=20)
     ap.add_argument("--onion-repeats", type=int, default=1)
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast runs")
-    ap.add_argument("--no-train-check", action="store_true", help="skip the bench.training.train check")
+    ap.add_argument("--no-train-check", action="store_true", help="skip the bench.models.training.train check")
     a = ap.parse_args(argv)
     a.defense = list(dict.fromkeys(a.defense or DEFAULT_DEFENSES))
     if a.steps < 1 or a.repeats < 1 or a.warmup < 0:
@@ -1037,7 +1037,7 @@ def markdown(rep: dict) -> str:
                    o.get("fused"), o.get("clip_default"), o.get("clip_foreach")]
                   for n, o in ((n, r["optimizer_variants"]) for n, r in rec.items())]), ""]
     if all("train_check" in r for r in rec.values()):
-        md += ["## Check: `bench.training.train` itself", "",
+        md += ["## Check: `bench.models.training.train` itself", "",
                "One epoch of `train()` over the rows of the warm-up + timed batches (it draws its own batches of "
                "them), with its dev evaluation; s/step from its `on_step` timestamps, first step left out.", "",
                table(["recipe", "steps", "train() s/step", "replica s/step", "train() / replica",

@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench.results import load_records
-from bench.scores import task_score
+from bench.reporting.results import load_records
+from bench.reporting.scores import task_score
 
 CANDIDATES = [(384, 0), (96, 1), (96, 0), (384, 1)]
 PAPER = (96, 1)

@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bench.results import load_records
+from bench.reporting.results import load_records
 
 
 def summary(folder: Path) -> str:

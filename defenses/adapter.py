@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 import torch
 
-from bench.adapters import is_head
-from bench.backbones import BackboneError, LoadedModel
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, TrainingSchedule
+from bench.models.adapters import is_head
+from bench.models.backbones import BackboneError, LoadedModel
 from bench.registry import register
 
 # the linear layers whose output is a sublayer's output before its residual connection

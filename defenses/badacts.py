@@ -32,11 +32,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bench import progress
 from bench.config import ConfigError, added
 from bench.defense import Defense, DefenseContext
+from bench.engine import progress
+from bench.models.training import autocast
 from bench.registry import register
-from bench.training import autocast
 
 # the transformer blocks: BERT/RoBERTa/DeBERTa `encoder.layer.N`, Llama/Mistral/Qwen `layers.N`, GPT-2 `h.N`
 BLOCK_PATTERN = r"(?:^|\.)(?:encoder\.layer|layers|h|blocks)\.\d+$"
@@ -212,7 +212,7 @@ class BadActs(Defense):
 
     # --- after training --------------------------------------------------------------------
     def calibrate(self, victim: Any, ctx: DefenseContext) -> None:
-        from bench.backbones import DECODER_TYPES
+        from bench.models.backbones import DECODER_TYPES
 
         c = self.config
         rows = ctx.clean(c.n_calibration)

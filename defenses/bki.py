@@ -78,9 +78,9 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from bench import progress
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext
+from bench.engine import progress
 from bench.registry import register
 
 _CHUNK = 1024  # texts handed to the representation function at once (it batches them itself)

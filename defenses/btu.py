@@ -57,12 +57,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import LoadedModel
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, StepState
+from bench.models.backbones import LoadedModel
+from bench.models.seeding import torch_seeded
+from bench.models.training import Encoded, autocast, epoch_batches
 from bench.registry import register
-from bench.seeding import torch_seeded
-from bench.training import Encoded, autocast, epoch_batches
 
 ROUNDS = ("pooled", "pooled-again", "full")
 BUFFER = "btu_suspects"

@@ -56,9 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import BackboneError, LoadedModel
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, StepState, TrainingSchedule
+from bench.models.backbones import BackboneError, LoadedModel
 from bench.registry import register
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.adapters import add_lora
-from bench.backbones import LoadedModel
+from bench.models.adapters import add_lora
+from bench.models.backbones import LoadedModel
 from bench.defense import Defense, DefenseContext, TrainingSchedule
 from bench.config import ConfigError
 from bench.registry import register

@@ -11,7 +11,7 @@ moves through the same two-dimensional code. The authors' LoRA setting (their re
 RoBERTa-base on SST-2), which this defense reproduces:
 
 * LoRA rank 8, alpha 16, no dropout, on the attention query and value projections (via PEFT,
-  :func:`bench.adapters.add_lora`);
+  :func:`bench.models.adapters.add_lora`);
 * two generator networks, ``in_dim = mid_dim = 2``: one makes every ``lora_A`` (its code vector drawn
   uniformly in [0, 1)), the other every ``lora_B`` (its code vector zero, so every ``B`` and the LoRA
   update start at exactly zero, as in plain LoRA); linear layers without bias, PyTorch's default
@@ -45,10 +45,10 @@ from typing import Any
 
 import torch
 
-from bench.adapters import add_lora
-from bench.backbones import LoadedModel
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, TrainingSchedule
+from bench.models.adapters import add_lora
+from bench.models.backbones import LoadedModel
 from bench.registry import register
 
 

@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bench import progress
 from bench.config import ConfigError
 from bench.defense import CleanBudgetError, Defense, DefenseContext
+from bench.engine import progress
 from bench.registry import register
 
 SCORE_FORMAT = "onion-word-scores-v1"  # bump when the meaning of a stored score changes
@@ -97,7 +97,7 @@ class ScoreCache:
 
     @staticmethod
     def path():
-        from bench.backbones import cache_dir
+        from bench.models.backbones import cache_dir
 
         return cache_dir() / "onion" / "word_scores.sqlite"
 

@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from bench.adapters import is_head
-from bench.backbones import BackboneError, LoadedModel
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, TrainingSchedule
+from bench.models.adapters import is_head
+from bench.models.backbones import BackboneError, LoadedModel
 from bench.registry import register
 
 ATTN_IMPLEMENTATION = "bench_prefix"

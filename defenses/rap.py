@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import progress
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext
+from bench.engine import progress
+from bench.models.training import autocast
 from bench.registry import register
-from bench.training import autocast
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench import progress
 from bench.config import ConfigError
 from bench.defense import CleanBudgetError, Defense, DefenseContext
+from bench.engine import progress
 from bench.registry import register
 
 

@@ -4,7 +4,7 @@ import random
 # One torch thread per process, set before torch is imported: the tests' tiny models lose to thread
 # overhead, and on a shared 2-core machine every process taking every core slows all of them (issue 9:
 # 571 s under load with torch's default, 118 s pinned). OMP_NUM_THREADS also reaches the processes the
-# tests spawn and the CLI's own thread choice (bench.hardware honours it). To test with more threads,
+# tests spawn and the CLI's own thread choice (bench.models.hardware honours it). To test with more threads,
 # set OMP_NUM_THREADS in the environment.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,7 +83,7 @@ def make_ctx(num_labels=2, seed=0, clean=None, profile="smoke"):
     import datasets
 
     from bench.defense import DefenseContext
-    from bench.profiles import get_profile
+    from bench.engine.profiles import get_profile
 
     clean = clean if clean is not None else datasets.Dataset.from_dict({"text": ["a good film"], "label": [1]})
     return DefenseContext(seed=seed, num_labels=num_labels, profile=get_profile(profile), device=torch.device("cpu"),

@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from bench.backbones import BackboneError, HubBackbone, resolve_backbone
+from bench.models.backbones import BackboneError, HubBackbone, resolve_backbone
 
 
 @pytest.mark.parametrize("name, model_type", [("tiny-bert", "bert"), ("tiny-roberta", "roberta"), ("tiny-llama", "llama")])
@@ -65,7 +65,7 @@ def test_smollm2_converts_once_and_loads_as_llama(tmp_path, monkeypatch):
 def test_the_gguf_readers_bar_is_off_in_plain_line_mode_and_restored_after():
     from transformers import modeling_gguf_pytorch_utils as gguf
 
-    from bench.backbones import _gguf_bar_off
+    from bench.models.backbones import _gguf_bar_off
 
     original = gguf.tqdm
     with _gguf_bar_off(quiet=True):

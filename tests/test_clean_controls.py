@@ -5,11 +5,11 @@ import pytest
 
 from bench import registry
 from bench.defense import Defense
+from bench.engine.profiles import get_profile
 from bench.errors import ContractError
-from bench.profiles import get_profile
-from bench.results import records_frame
+from bench.models.victim import VictimStore
+from bench.reporting.results import records_frame
 from bench.runner import DataCache, plan, run_cell
-from bench.victim import VictimStore
 
 
 def _run(defense, toy_dir, tmp_path, settings=None, **profile):

@@ -166,8 +166,8 @@ def test_cost_command_writes_the_ratio_table(toy_dir, tmp_path):
 
 
 def test_profile_defaults_of_a_plugin_do_not_change_other_cells_keys(toy_dir):
-    from bench.profiles import get_profile
-    from bench.results import config_key
+    from bench.engine.profiles import get_profile
+    from bench.reporting.results import config_key
     from bench.runner import DataCache, cell_config, plan
 
     data = DataCache().get(str(toy_dir))
@@ -184,10 +184,10 @@ def test_profile_defaults_of_a_plugin_do_not_change_other_cells_keys(toy_dir):
 
 def test_cells_with_identical_training_data_share_one_victim(toy_dir, tmp_path):
     """At poison rate 0 every attack trains on the same rows: the grid trains once and evaluates each attack."""
-    from bench.profiles import get_profile
-    from bench.results import load_records
+    from bench.engine.profiles import get_profile
+    from bench.models.victim import VictimStore
+    from bench.reporting.results import load_records
     from bench.runner import DataCache, plan, run_cell, run_grid
-    from bench.victim import VictimStore
 
     prof = get_profile("smoke")
     cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none"], [1], prof,
@@ -213,7 +213,7 @@ def test_cells_with_identical_training_data_share_one_victim(toy_dir, tmp_path):
 
 
 def test_a_plugin_version_bump_changes_its_keys_only(toy_dir):
-    from bench.profiles import get_profile
+    from bench.engine.profiles import get_profile
     from bench.runner import DataCache, cell_config, plan
 
     data = DataCache().get(str(toy_dir))
@@ -269,7 +269,7 @@ def _captured_grid(monkeypatch):
 
 def test_main_job_is_one_attack_times_every_defense_on_a_declared_test_slice(monkeypatch):
     from bench import registry
-    from bench.profiles import MAIN_JOB
+    from bench.engine.profiles import MAIN_JOB
 
     seen = _captured_grid(monkeypatch)
     res = runner.invoke(app, ["run", "--main"])

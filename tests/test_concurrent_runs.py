@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from bench.results import read_runs
+from bench.reporting.results import read_runs
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,8 @@ def test_two_processes_wanting_one_victim_train_it_once(tmp_path, monkeypatch):
 
     import torch
 
-    from bench import victim as victim_mod
-    from bench.profiles import get_profile
+    from bench.engine.profiles import get_profile
+    from bench.models import victim as victim_mod
 
     monkeypatch.setattr(victim_mod, "WAIT_POLL", 0.05)
     stores = [victim_mod.VictimStore(tmp_path / "victims"), victim_mod.VictimStore(tmp_path / "victims")]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bench.data import DataError, load_csv_folder, resolve_data_dir, stratified_indices
-from bench.datasets_builtin import SST2, HSOL, AGNews
+from bench.data.datasets_builtin import SST2, HSOL, AGNews
 
 
 def _write(folder, train="text,label\na,0\nb,1\n", dev="text,label\nc,0\n", test="text,label\nd,1\n"):

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bench import databuild, datafetch
 from bench.cli import app
 from bench.data import DataError, load_csv_folder, resolve_data_dir
-from bench.databuild import MUSCLE, STYLEATTACK, align
-from bench.datafetch import FetchError, Manifest, Sources, fetch, sha256, verify
+from bench.data import databuild, datafetch
+from bench.data.databuild import MUSCLE, STYLEATTACK, align
+from bench.data.datafetch import FetchError, Manifest, Sources, fetch, sha256, verify
 from conftest import FILLER, NEG, POS, SHARED_DATA
 
 runner = CliRunner()
@@ -370,7 +370,7 @@ def network(roots, served, tmp_path, monkeypatch):
 
 
 def test_a_missing_dataset_is_fetched_on_first_use_with_a_line_saying_so(roots, network):
-    from bench import progress
+    from bench.engine import progress
     from bench.runner import DataCache
 
     stream = io.StringIO()

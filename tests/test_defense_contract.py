@@ -11,11 +11,11 @@ from conftest import global_rng_state, make_ctx
 
 from bench import registry
 from bench.defense import Defense
+from bench.engine.profiles import get_profile
 from bench.errors import ContractError
-from bench.profiles import get_profile
-from bench.results import load_records
+from bench.models.victim import VictimStore
+from bench.reporting.results import load_records
 from bench.runner import DataCache, Evaluator, plan, run_cell, run_grid
-from bench.victim import VictimStore
 
 DEFENSES = registry.names("defense")
 POST_TRAINING = [d for d in DEFENSES if not registry.get("defense", d).acts_in_training()]
@@ -239,7 +239,7 @@ def test_the_victim_cache_is_hit_from_a_second_process(toy_dir, tmp_path):
 
 
 def test_lora_trains_only_adapters():
-    from bench.backbones import resolve_backbone
+    from bench.models.backbones import resolve_backbone
 
     loaded = resolve_backbone("tiny-bert").load(2, seed=0)
     lora = registry.get("defense", "lora")()
@@ -317,9 +317,9 @@ def test_every_defense_selects_on_the_same_rows(toy_dir, tmp_path, monkeypatch):
     """The clean dev rows that choose the kept epoch are the same rows for every defense: what every
     training (the victim's and an auxiliary one) is handed as its dev set, what a defense's context
     offers as ``ctx.selection``, and what the record counts (``n_dev_selection``)."""
-    import bench.training
+    import bench.models.training
 
-    real_train = bench.training.train
+    real_train = bench.models.training.train
     seen: dict[str, list] = {}
     current = {"defense": None}
 
@@ -329,7 +329,7 @@ def test_every_defense_selects_on_the_same_rows(toy_dir, tmp_path, monkeypatch):
 
     patched = [m for name, m in list(sys.modules.items())
                if (name == "bench" or name.startswith("bench.")) and getattr(m, "train", None) is real_train]
-    assert patched, "no bench module calls bench.training.train: update this test's spy"
+    assert patched, "no bench module calls bench.models.training.train: update this test's spy"
     for m in patched:
         monkeypatch.setattr(m, "train", spy_train)
     for name, cls in _SELECTION_PROBES.items():

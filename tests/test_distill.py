@@ -7,9 +7,9 @@ import datasets
 import pytest
 import torch
 
-from bench.backbones import resolve_backbone
 from bench.config import ConfigError
 from bench.defense import StepState
+from bench.models.backbones import resolve_backbone
 from defenses.distill import Distill, DistillConfig
 
 

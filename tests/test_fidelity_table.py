@@ -1,11 +1,11 @@
-"""The fidelity table's verdicts (bench/tables/fidelity.py, `bench table fidelity`) follow the rules docs/fidelity.md
+"""The fidelity table's verdicts (bench/reporting/tables/fidelity.py, `bench table fidelity`) follow the rules docs/fidelity.md
 declared."""
 
 from pathlib import Path
 
 import numpy as np
 
-from bench.tables import fidelity as ft
+from bench.reporting.tables import fidelity as ft
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.backbones import HubBackbone, TinyBert
+from bench.models.backbones import HubBackbone, TinyBert
 
 REPO = "testorg/tiny-bert"
 

@@ -16,7 +16,7 @@ from bench import registry
 from bench.attack import AttackError
 from bench.config import build_config
 from bench.data import load_csv_folder
-from bench.profiles import get_profile
+from bench.engine.profiles import get_profile
 from bench.runner import DataCache, _digest, _filter_stats, plan, prepare, run_cell, victim_identity
 
 from attacks.imported import folder_files, musclelora_release, read_rows
@@ -245,7 +245,7 @@ def test_training_rows_in_the_dev_split_are_counted_and_can_be_dropped(toy_data,
 
 @pytest.mark.skipif(not (SHARED_DATA / "published" / "musclelora").is_dir(), reason="no MuScleLoRA release")
 def test_the_musclelora_release_imports_with_true_numbers(shared_data):
-    from bench.datasets_builtin import HSOL, SST2
+    from bench.data.datasets_builtin import HSOL, SST2
 
     sst2 = SST2().load(shared_data)
     folders = dict(musclelora_release(shared_data, "sst2"))
@@ -270,8 +270,8 @@ def test_the_musclelora_release_imports_with_true_numbers(shared_data):
 def test_export_then_import_gives_the_same_rows_and_numbers(toy_dir, tmp_path):
     from datasets import load_from_disk
 
-    from bench.export import export, export_cell
-    from bench.victim import VictimStore
+    from bench.data.export import export, export_cell
+    from bench.models.victim import VictimStore
 
     # slices on both splits (a train slice and a declared test slice); one epoch keeps the two trainings short
     prof = get_profile("smoke", {"train_size": "200", "test_size": "60", "epochs": "1"})
@@ -311,9 +311,9 @@ def test_export_then_import_gives_the_same_rows_and_numbers(toy_dir, tmp_path):
 
 
 def test_a_hand_made_file_without_flags_runs_and_the_record_says_unknown(toy_data, toy_dir, tmp_path):
-    from bench.results import load_records
+    from bench.models.victim import VictimStore
+    from bench.reporting.results import load_records
     from bench.runner import run_grid
-    from bench.victim import VictimStore
 
     folder, _ = poisoned_folder(tmp_path, toy_data, "mixed", flags=False, clean=False, name="hand")
     cells = plan([str(toy_dir)], ["tiny-bert"], ["file"], ["none"], [1], get_profile("smoke"),

@@ -8,8 +8,8 @@ from pathlib import Path
 from conftest import write_toy_dataset
 
 from bench.data import load_csv_folder
-from bench.profiles import get_profile
-from bench.results import config_key
+from bench.engine.profiles import get_profile
+from bench.reporting.results import config_key
 from bench.runner import cell_config, plan
 
 spec = importlib.util.spec_from_file_location(

@@ -1,6 +1,7 @@
 """The core never imports a plugin: nothing under bench/ imports `attacks` or `defenses` (plugins register
 themselves, commands included, and the registry loads them by name); the commands plugins bring are still
-on `bench`."""
+on `bench`. And bench/ stays in its wings (docs/architecture.md): its top level holds only the contract plugins
+import and the entry points; everything else lives in `models/`, `data/`, `engine/` or `reporting/`."""
 
 import ast
 import os
@@ -10,6 +11,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_PACKAGES = {"attacks", "defenses"}
+# bench/'s top level: the contract plugins import and the entry points (`runner.py` re-exports the engine's names)
+TOP_LEVEL = {"__init__.py", "registry.py", "config.py", "errors.py", "defense.py", "attack.py", "cli.py",
+             "cli_shared.py", "runner.py"}
+WINGS = {"models", "data", "engine", "reporting"}
 
 
 def plugin_imports(path: Path) -> list[str]:
@@ -46,3 +51,14 @@ def test_help_lists_the_commands_plugins_bring():
     assert r.returncode == 0, r.stderr
     for name in ("cost", "fourier", "musclelora-release"):
         assert f" {name} " in r.stdout, (name, r.stdout)
+
+
+def test_bench_top_level_holds_only_the_contract_and_the_wings():
+    bench = ROOT / "bench"
+    files = {p.name for p in bench.iterdir() if p.is_file()}
+    folders = {p.name for p in bench.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert files == TOP_LEVEL, (f"bench/'s top level: {sorted(files - TOP_LEVEL)} belong in a wing "
+                                f"({', '.join(sorted(WINGS))}; docs/architecture.md); missing: {sorted(TOP_LEVEL - files)}")
+    assert folders == WINGS, f"bench/ holds the wings {sorted(WINGS)} and no other folder: {sorted(folders)}"
+    for wing in WINGS:
+        assert (bench / wing / "__init__.py").is_file(), f"bench/{wing}/ is a package"

@@ -362,7 +362,7 @@ def _fresh_reporter():
     """Each case starts with the process's default (silent) progress reporter, so that a command which
     leaves its reporter behind fails test_a_failed_run_leaves_no_reporter_behind, not every later case."""
     try:
-        from bench import progress
+        from bench.engine import progress
     except ImportError:  # before progress reporting existed
         yield
         return
@@ -443,7 +443,7 @@ def test_data_dir_from_the_environment_that_does_not_exist(tmp_path, monkeypatch
 def test_a_failed_run_leaves_no_reporter_behind(tmp_path, monkeypatch):
     """A run installs a progress reporter on the CLI's stream; when the run fails it must put the previous
     one back, or the next command in the same process prints to a closed stream (a traceback)."""
-    progress = pytest.importorskip("bench.progress")
+    progress = pytest.importorskip("bench.engine.progress")
     before = progress.current()
     check(run(), toy_with(train=rows(["pos", 1, 0, 1])), 2, ["'pos'"], tmp_path, monkeypatch)
     assert progress.current() is before, "bench run left its progress reporter installed after failing"

@@ -1,9 +1,9 @@
-"""The setting matrix's readings (bench/tables/matrix.py, `bench table matrix`) follow the rule docs/fidelity.md
+"""The setting matrix's readings (bench/reporting/tables/matrix.py, `bench table matrix`) follow the rule docs/fidelity.md
 declared (run 7)."""
 
 from pathlib import Path
 
-from bench.tables import matrix as mt
+from bench.reporting.tables import matrix as mt
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ from defenses.musclelora.alignment import AlignmentSettings, aligned_backward, p
 from defenses.musclelora.layers import MultiScaleLowRank
 
 from bench import registry
-from bench.backbones import resolve_backbone
 from bench.defense import StepState
-from bench.profiles import get_profile
+from bench.engine.profiles import get_profile
+from bench.models.backbones import resolve_backbone
 from bench.runner import DataCache, plan, run_cell, split_dev
 
 
@@ -170,7 +170,7 @@ def test_mixed_mode_value_and_a_zero_reference_gradient_keeps_the_raw_one():
 
 def test_the_optimizer_receives_the_aligned_gradient(monkeypatch):
     """Through the real training loop: what AdamW steps with is the projection (after clipping)."""
-    from bench.training import train
+    from bench.models.training import train
 
     seen = []
     real_step = torch.optim.AdamW.step
@@ -186,7 +186,7 @@ def test_the_optimizer_receives_the_aligned_gradient(monkeypatch):
     texts, labels = ["good film", "bad film", "fine cf movie", "awful"], [1, 0, 1, 0]
     prof = get_profile("smoke", {"epochs": "1", "batch_size": "4", "grad_clip": "1000"})
     # the expected gradient, from the same weights and the same batches, before training moves them
-    from bench.training import Encoded
+    from bench.models.training import Encoded
     enc, ref_enc = Encoded(loaded.tokenizer, texts, labels, 32), Encoded(loaded.tokenizer, texts[::-1], labels[::-1], 32)
     model.eval()  # dropout off on both sides (tiny-bert's dropout would make the two passes differ)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -204,7 +204,7 @@ def test_the_optimizer_receives_the_aligned_gradient(monkeypatch):
 
 
 def test_decoder_defaults_follow_the_authors_decoder_setting():
-    from bench.backbones import DECODER_TYPES
+    from bench.models.backbones import DECODER_TYPES
 
     model, _ = _prepared("musclelora", "tiny-llama")
     assert model.config.model_type in DECODER_TYPES
@@ -221,7 +221,7 @@ def test_decoder_defaults_follow_the_authors_decoder_setting():
 
 
 def test_lora_freezes_the_head_like_the_authors_baseline_and_adamw_skips_biases_and_norms():
-    from bench.training import decay_groups
+    from bench.models.training import decay_groups
 
     model, names = _prepared("lora")
     assert names and all("lora_" in n for n in names), names

@@ -18,9 +18,9 @@ from conftest import FILLER, NEG, POS, make_ctx
 from defenses.musclelora import alignment
 
 from bench import registry
-from bench.backbones import resolve_backbone
 from bench.defense import StepState
-from bench.training import Encoded, length_chunks
+from bench.models.backbones import resolve_backbone
+from bench.models.training import Encoded, length_chunks
 
 TOL = 1e-5
 TRIGGER = "cf"

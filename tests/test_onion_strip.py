@@ -9,7 +9,7 @@ import pytest
 from bench import registry
 from bench.config import ConfigError, build_config
 from bench.defense import DefenseContext
-from bench.profiles import get_profile
+from bench.engine.profiles import get_profile
 
 WORDS = ["the", "movie", "film", "was", "a", "plot", "story", "actor", "scene", "and", "very", "it", "this",
          "good", "great", "bad", "awful", "dull", "fun", "sad"]
@@ -26,7 +26,7 @@ def _rows(n, seed=0):
 def _ctx(clean, scorer=None, seed=1):
     import torch
 
-    from bench.lm import get_scorer
+    from bench.models.lm import get_scorer
 
     prof = get_profile("smoke")
     make = (lambda name=None: scorer) if scorer is not None else (lambda name=None: get_scorer(name or prof.scorer_lm))
@@ -38,8 +38,8 @@ def _ctx(clean, scorer=None, seed=1):
 def tiny_victim():
     import torch
 
-    from bench.backbones import resolve_backbone
-    from bench.victim import Victim
+    from bench.models.backbones import resolve_backbone
+    from bench.models.victim import Victim
 
     loaded = resolve_backbone("tiny-bert").load(2, seed=0)
     return Victim(loaded.model, loaded.tokenizer, get_profile("smoke"), torch.device("cpu"))
@@ -310,7 +310,7 @@ def test_onion_with_the_tiny_lm(tiny_victim):
 
 
 def test_perplexity_ignores_padding():
-    from bench.lm import get_scorer
+    from bench.models.lm import get_scorer
 
     scorer = get_scorer("tiny-llama")
     short = "a short sentence"
@@ -326,7 +326,7 @@ def test_shared_prefix_scoring_equals_scoring_every_variant():
     """ONION's leave-one-out perplexities computed with each shared prefix run once (the default)
     equal those of scoring every variant on its own, including a variant that drops the first or
     the last word, a two-word sentence and a sentence cut at max_length."""
-    from bench.lm import get_scorer
+    from bench.models.lm import get_scorer
     from defenses.onion import leave_one_out
 
     scorer = get_scorer("tiny-llama")

@@ -52,7 +52,7 @@ def test_missing_table_names_the_transform_split_and_the_fix(toy_dir):
 
 
 def test_real_tables_cover_the_benchmark(shared_data):
-    from bench.datasets_builtin import SST2
+    from bench.data.datasets_builtin import SST2
 
     data = SST2().load(shared_data)
     out = make("hiddenkiller").poison(data, 1)
@@ -65,8 +65,8 @@ def tiny_generator(tmp_path):
     """A tiny random GPT-2-style causal LM saved to a folder (the mechanics, not the quality)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from bench.backbones import MiniLM
-    from bench.seeding import torch_seeded
+    from bench.models.backbones import MiniLM
+    from bench.models.seeding import torch_seeded
 
     tok = AutoTokenizer.from_pretrained(MiniLM().path())
     with torch_seeded(0):
@@ -82,7 +82,7 @@ def tiny_generator(tmp_path):
 
 
 def test_generator_source_caches_its_outputs(tiny_generator, tmp_path, monkeypatch):
-    from bench.paraphrase import GenerationSettings, ParaphraseGenerator
+    from bench.data.paraphrase import GenerationSettings, ParaphraseGenerator
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     data = load_csv_folder(write_toy_dataset(tmp_path / "toy2", n_train=40, n_dev=100, n_test=20))
@@ -95,7 +95,7 @@ def test_generator_source_caches_its_outputs(tiny_generator, tmp_path, monkeypat
     attack = make("style", generator=str(tiny_generator), max_new_tokens=6, poison_rate=0.1)
     out = attack.poison(data, 1)
     assert sum(out.train["poisoned"]) == 4
-    import bench.paraphrase as P
+    import bench.data.paraphrase as P
 
     calls = []
     monkeypatch.setattr(P.ParaphraseGenerator, "_run_model", lambda self, texts, seed: calls.append(texts) or [])

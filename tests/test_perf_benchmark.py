@@ -104,7 +104,7 @@ def _assert_counts_and_ratios(rep: dict, steps: int, warmup: int, repeats: int) 
 def _assert_flops_are_the_analytic_count(rep: dict) -> None:
     """Plain fine-tuning of tiny-bert: every matmul's FLOPs, forward (2 per multiply-add) and backward (twice
     the forward: the gradients of both operands, everything trains), counted by hand from the config."""
-    from bench.backbones import resolve_backbone
+    from bench.models.backbones import resolve_backbone
 
     cfg = resolve_backbone("tiny-bert").load(2, seed=0).model.config
     h, inter, layers, labels = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_labels

@@ -1,4 +1,4 @@
-"""Paper presets (bench/presets.py): every preset fits the plugins' Configs, `bench run --preset` applies one
+"""Paper presets (bench/engine/presets.py): every preset fits the plugins' Configs, `bench run --preset` applies one
 like --set (an explicit --set or --sweep wins), the row records it and the record key does not change."""
 
 import json
@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 from bench import registry
 from bench.cli import app
 from bench.config import ConfigError, build_config
-from bench.presets import PRESETS, Preset, Setting, check, get_preset
-from bench.profiles import PROFILES
+from bench.engine.presets import PRESETS, Preset, Setting, check, get_preset
+from bench.engine.profiles import PROFILES
 from bench.registry import UnknownNameError
-from bench.results import config_key
+from bench.reporting.results import config_key
 from bench.runner import DataCache, cell_config
 
 runner = CliRunner()
@@ -128,7 +128,7 @@ def test_set_and_sweep_override_a_preset_but_a_stray_set_still_fails(planned, tm
 
 def test_a_preset_run_records_its_name_under_the_unchanged_key(tmp_path, toy_dir):
     from bench.config import parse_assignments
-    from bench.profiles import get_profile
+    from bench.engine.profiles import get_profile
     from bench.runner import plan
 
     # the same cell planned from the equivalent --set values (btu's own settings do not apply to -d none)

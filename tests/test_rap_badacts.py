@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from bench import registry
-from bench.backbones import resolve_backbone
 from bench.config import ConfigError, build_config
 from bench.defense import DefenseContext
-from bench.profiles import get_profile
-from bench.victim import Victim
+from bench.engine.profiles import get_profile
+from bench.models.backbones import resolve_backbone
+from bench.models.victim import Victim
 
 WORDS = ["good", "bad", "film", "plot", "dull", "great", "story", "awful", "fun", "scene", "poor", "actor"]
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.results import read_runs
+from bench.reporting.results import read_runs
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the optional ray package is not installed (pip install -e '.[ray]')")
@@ -69,8 +69,8 @@ def test_ray_executor_gets_the_local_records(toy_dir, tmp_path, monkeypatch):
 
 
 def test_waves_train_each_victim_before_the_cells_that_reuse_it(toy_dir):
-    from bench.executors import victim_group, waves
-    from bench.profiles import get_profile
+    from bench.engine.executors import victim_group, waves
+    from bench.engine.profiles import get_profile
     from bench.runner import plan
 
     cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["strip", "lora", "none", "rap"], [1, 2],
@@ -85,8 +85,8 @@ def test_waves_train_each_victim_before_the_cells_that_reuse_it(toy_dir):
 
 def test_the_per_cell_step_skips_a_recorded_or_claimed_cell(toy_dir, tmp_path):
     """What every executor runs per cell leaves a recorded cell, and one a live run holds, alone."""
-    from bench.claims import try_claim
-    from bench.profiles import get_profile
+    from bench.engine.claims import try_claim
+    from bench.engine.profiles import get_profile
     from bench.runner import plan, run_claimed_cell
 
     cell = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none"], [1], get_profile("smoke"))[0]

@@ -1,4 +1,4 @@
-"""The record is one typed definition (bench/record.py, issue 26): a row the runner builds has exactly the
+"""The record is one typed definition (bench/reporting/record.py, issue 26): a row the runner builds has exactly the
 schema's columns, and the derived lists (CSV columns, Markdown columns, cell key, stated fields) agree."""
 
 import dataclasses
@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from bench import cell as cell_mod, record, results
-from bench.profiles import Profile, get_profile
-from bench.record import EvaluationInfo, Row, TrainingInfo
-from bench.results import CELL_KEY, COLUMNS, MD_COLUMNS, SCHEMA, STATED, records_frame
+from bench.engine import cell as cell_mod
+from bench.engine.profiles import Profile, get_profile
+from bench.reporting import record, results
+from bench.reporting.record import EvaluationInfo, Row, TrainingInfo
+from bench.reporting.results import CELL_KEY, COLUMNS, MD_COLUMNS, SCHEMA, STATED, records_frame
 from bench.runner import EVAL_ONLY_FIELDS, Evaluator, build_record, plan
 from conftest import write_toy_dataset
 
@@ -28,7 +29,7 @@ def built(tmp_path_factory):
         return build_record(*args, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(cell_mod, "build_record", spy)  # Evaluator.run_cell (bench/cell.py) calls it there
+    mp.setattr(cell_mod, "build_record", spy)  # Evaluator.run_cell (bench/engine/cell.py) calls it there
     try:
         rec = Evaluator().run_cell(cell, data=load_csv_folder(toy))
     finally:
@@ -81,7 +82,7 @@ def test_the_derived_lists_agree_with_the_row():
     assert set(results.METRICS) <= set(COLUMNS)
     assert all(c.fmt in ("", "pct", "signed", "3f") for c in SCHEMA)
     assert all(not c.fmt or c.md for c in SCHEMA)  # a format only where the Markdown shows the column
-    # the names the rest of the code imports from bench.results are the derived ones
+    # the names the rest of the code imports from bench.reporting.results are the derived ones
     assert results.CELL_KEY is record.CELL_KEY and results.SCHEMA is record.SCHEMA and results.STATED is record.STATED
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from bench import registry
 from bench.config import ConfigError, build_config, parse_assignments
-from bench.profiles import get_profile
+from bench.engine.profiles import get_profile
 
 
 def test_every_kind_has_builtin_plugins():

@@ -1,4 +1,4 @@
-"""The release-vs-ours tables of docs/findings.md (bench/tables/release.py, `bench table release`), read from the
+"""The release-vs-ours tables of docs/findings.md (bench/reporting/tables/release.py, `bench table release`), read from the
 committed GPU folders."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from bench.tables import release as rt
+from bench.reporting.tables import release as rt
 
 ROOT = Path(__file__).resolve().parents[1]
 

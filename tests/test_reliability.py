@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.runner import cell_config, plan, run_grid
-from bench.profiles import get_profile
-from bench.results import config_key, read_runs
+from bench.engine.profiles import get_profile
+from bench.reporting.results import config_key, read_runs
 
 runner = CliRunner()
 SMOKE = ["--profile", "smoke", "-b", "tiny-bert", "--no-progress"]
@@ -58,7 +58,7 @@ def test_a_dataset_folder_has_one_key_however_its_path_is_typed(toy_dir, tmp_pat
 
 
 def test_a_local_backbone_is_keyed_by_the_content_of_its_weights(tmp_path, monkeypatch):
-    from bench.backbones import HubBackbone, TinyBert
+    from bench.models.backbones import HubBackbone, TinyBert
 
     folder = tmp_path / "my-model"
     loaded = TinyBert().load(2, seed=0)
@@ -74,7 +74,7 @@ def test_a_local_backbone_is_keyed_by_the_content_of_its_weights(tmp_path, monke
 
 
 def test_the_released_minilm_keeps_its_key_and_other_weights_do_not(tmp_path, monkeypatch):
-    from bench import backbones
+    from bench.models import backbones
 
     ident = backbones.MiniLM().identity()
     assert ident == {"name": "minilm", "weights_bytes": 90868376}  # the records made before content hashes
@@ -97,7 +97,7 @@ def test_a_missing_backbone_folder_fails_at_once_and_says_so(toy_dir, tmp_path):
 
 
 def test_claims_split_the_work_and_stale_claims_are_taken_over(tmp_path):
-    from bench import claims
+    from bench.engine import claims
 
     c = claims.try_claim(tmp_path, "k1", "cell")
     assert c is not None and claims.try_claim(tmp_path, "k1") is None  # held by a live process: left to it
@@ -122,7 +122,7 @@ def test_racing_takeovers_of_one_stale_claim_have_exactly_one_winner(tmp_path, m
     """Issue 23: check-then-rename let two processes both take the same dead claim."""
     import threading
 
-    from bench import claims
+    from bench.engine import claims
 
     judge, seen = claims.is_stale, threading.local()
     n = 6
@@ -161,7 +161,7 @@ def test_racing_takeovers_of_one_stale_claim_have_exactly_one_winner(tmp_path, m
 
 
 def test_a_cell_claimed_by_another_live_run_is_left_to_it(toy_dir, tmp_path):
-    from bench import claims
+    from bench.engine import claims
 
     prof = get_profile("smoke")
     cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none", "strip"], [1], prof)
@@ -180,7 +180,7 @@ def test_a_cell_claimed_by_another_live_run_is_left_to_it(toy_dir, tmp_path):
 
 
 def test_the_run_log_says_when_a_run_died(tmp_path):
-    from bench.results import append_run, run_notes
+    from bench.reporting.results import append_run, run_notes
 
     append_run(tmp_path, {"event": "started", "run_id": "r1", "command": "bench run x", "pid": 2 ** 22 + 54321,
                           "host": os.uname().nodename, "started": "2026-01-01T00:00:00+00:00"})
@@ -194,7 +194,8 @@ def test_the_run_log_says_when_a_run_died(tmp_path):
 
 
 def test_a_failing_cell_leaves_a_failed_line_and_no_reporter(toy_dir, tmp_path, monkeypatch):
-    from bench import progress, runner as runner_mod
+    from bench.engine import progress
+    from bench import runner as runner_mod
 
     prof = get_profile("smoke")
     cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none"], [1], prof)
@@ -213,7 +214,7 @@ def test_a_failing_cell_leaves_a_failed_line_and_no_reporter(toy_dir, tmp_path, 
 
 
 def test_thread_count_respects_the_environment_and_affinity(monkeypatch):
-    from bench import hardware
+    from bench.models import hardware
 
     monkeypatch.delenv("BENCH_THREADS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -236,7 +237,7 @@ def test_the_thread_count_is_decided_per_cell_and_says_how_to_fix_it(toy_dir, tm
     """Issue 23: a run started while another job was busy kept one thread after that job ended."""
     import torch
 
-    from bench import hardware
+    from bench.models import hardware
 
     before = torch.get_num_threads()
     monkeypatch.delenv("BENCH_THREADS", raising=False)
@@ -380,7 +381,7 @@ def test_keep_going_logs_a_failing_cell_and_runs_the_others(toy_dir, tmp_path, m
 
 
 def test_a_copied_tree_states_the_commit_it_came_from(monkeypatch, tmp_path):
-    from bench import results
+    from bench.reporting import results
 
     monkeypatch.setenv("BENCH_SOURCE_COMMIT", "abc123")  # wins over this checkout's own git
     monkeypatch.setenv("BENCH_SOURCE_DIRTY", "1")
@@ -393,7 +394,7 @@ def test_a_copied_tree_states_the_commit_it_came_from(monkeypatch, tmp_path):
 
 
 def test_runs_of_one_command_are_one_line_of_the_leaderboard(tmp_path):
-    from bench.results import append_run, run_notes
+    from bench.reporting.results import append_run, run_notes
 
     for i in range(3):  # three processes sharing the folder
         append_run(tmp_path, {"event": "started", "run_id": f"r{i}", "command": "bench run x", "pid": os.getpid(),
@@ -413,7 +414,7 @@ def test_runs_of_one_command_are_one_line_of_the_leaderboard(tmp_path):
 
 def test_cells_run_in_all_counts_the_records_of_killed_runs(tmp_path):
     """Issue 23: killed runs write no end line; the leaderboard said 4 cells run where 8 were computed."""
-    from bench.results import append_run, run_notes, write_json_atomic
+    from bench.reporting.results import append_run, run_notes, write_json_atomic
 
     for i in range(4):  # two killed runs, two finished ones, of one command
         append_run(tmp_path, {"event": "started", "run_id": f"r{i}", "command": "bench run x",
@@ -436,7 +437,7 @@ def test_precision_auto_is_fp32_on_every_device_and_bf16_only_when_asked():
 
     import torch
 
-    from bench.training import autocast
+    from bench.models.training import autocast
 
     for kind in ("cpu", "cuda", "mps"):
         for precision in ("auto", "fp32"):

@@ -1,4 +1,4 @@
-"""Plots and the HTML report (bench.report) from a results folder of synthetic records, and the page
+"""Plots and the HTML report (bench.reporting.report) from a results folder of synthetic records, and the page
 as a browser renders it (headless Chromium, skipped where none is installed)."""
 
 import base64
@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.report import write_plots, write_report
-from bench.results import ResultsError, load_records, records_frame, record_path, write_json_atomic
-from bench.scores import MIN_SEEDS, aggregate, summary
+from bench.reporting.report import write_plots, write_report
+from bench.reporting.results import ResultsError, load_records, records_frame, record_path, write_json_atomic
+from bench.reporting.scores import MIN_SEEDS, aggregate, summary
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WEIRD = '<b>gd&"tune"</b>'  # a defense name full of HTML special characters (uses clean rows)

@@ -3,7 +3,7 @@
 A results folder is any folder under ``results/`` (at any depth) that holds ``records/`` and
 ``leaderboard.csv``; folders are found when the test is collected, so a folder added later is checked
 too. For each, ``records/`` and ``runs.jsonl`` are copied into a temporary folder of the same name,
-:func:`bench.results.write_leaderboard` rebuilds the four derived files there, and each must be byte-identical
+:func:`bench.reporting.results.write_leaderboard` rebuilds the four derived files there, and each must be byte-identical
 to the one in the folder, with one normalisation: the ``bench leaderboard --out PATH`` of the Markdown
 names the folder the file was written in (a temporary one here), so that path is left out on both sides.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bench.data import PROJECT_ROOT
-from bench.results import read_runs, write_leaderboard
+from bench.reporting.results import read_runs, write_leaderboard
 
 RESULTS = PROJECT_ROOT / "results"
 FILES = ("leaderboard.csv", "leaderboard_cells.csv", "summary.csv", "leaderboard.md")

@@ -15,8 +15,8 @@ import pytest
 from bench import registry
 from bench.config import ConfigError, build_config, changed_settings, parse_assignments
 from bench.defense import TRAINING_SETTINGS, Defense, TrainingSchedule
-from bench.profiles import PROFILES, get_profile
-from bench.results import config_key
+from bench.engine.profiles import PROFILES, get_profile
+from bench.reporting.results import config_key
 from bench.runner import DefenseSpec, _default_config, _defense_identity, plan
 
 # dataclasses.asdict(Config()) of every registered defense, in field order

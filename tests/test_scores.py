@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.results import COLUMNS, compare, regressions, to_markdown
-from bench.scores import aggregate, der, interval_text, p_text, shared_settings, summary, t_interval, task_score, welch_p
+from bench.reporting.results import COLUMNS, compare, regressions, to_markdown
+from bench.reporting.scores import aggregate, der, interval_text, p_text, shared_settings, summary, t_interval, task_score, welch_p
 
 
 def _frame(rows):

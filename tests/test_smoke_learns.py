@@ -2,9 +2,9 @@
 BadNets backdoor, so a test built on it can see the metrics move (issue 9: with 4 training steps it
 predicted one label everywhere, CACC 50 and ASR 0 or 100 whatever the data)."""
 
-from bench.profiles import get_profile
+from bench.engine.profiles import get_profile
+from bench.models.victim import VictimStore
 from bench.runner import DataCache, plan, run_cell
-from bench.victim import VictimStore
 
 
 def _badnets_none(toy_dir, store, **badnets):

@@ -1,11 +1,11 @@
-"""`bench table`: one subcommand per table of bench/tables/, printing what the table function returns."""
+"""`bench table`: one subcommand per table of bench/reporting/tables/, printing what the table function returns."""
 
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.tables import matrix
+from bench.reporting.tables import matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ["fidelity", "matrix", "seeds", "grid", "defenses", "release"]

@@ -11,9 +11,9 @@ import torch
 from conftest import make_ctx
 
 from bench import registry
-from bench.backbones import resolve_backbone
 from bench.defense import StepState
-from bench.profiles import get_profile
+from bench.engine.profiles import get_profile
+from bench.models.backbones import resolve_backbone
 from defenses.btu import BTUConfig, most_moved, suspects_of, unlearn_rows
 from defenses.dpoe import poe_loss, rdrop_kl
 
@@ -280,7 +280,7 @@ def test_btu_unlearns_after_training_or_freezes_the_neutralised_row_before():
     d.backward(StepState(model, batch, 0, 1, 0, None, {}))
     assert float(emb.grad[cf].abs().max()) == 0 and float(emb.grad.abs().max()) > 0
     # after (the default): the victim predicts as trained; the defense predicts with cf's moved dims reset
-    from bench.victim import Victim
+    from bench.models.victim import Victim
 
     d, model, loaded, ctx = _prepare("btu", config=BTUConfig(**base))
     d.select_train(rows, ctx)

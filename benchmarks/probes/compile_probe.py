@@ -4,7 +4,7 @@
 
 Plain full fine-tuning (the recipe of `none` and of every post-training defense's victim), on the first
 ``train_size`` rows of the dataset's training split (not the runner's stratified slice: the same sentence
-lengths for timing, no poisoning), in length-grouped batches as ``bench.training.train`` draws them, and one model reset to the same initial weights before each run:
+lengths for timing, no poisoning), in length-grouped batches as ``bench.models.training.train`` draws them, and one model reset to the same initial weights before each run:
 
 * eager: ``--steps`` timed steps (forward, backward, AdamW), after ``--warmup`` untimed ones;
 * compiled: the same model through ``torch.compile(model, dynamic=True)`` (dynamic: the batches have many
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from bench.backbones import resolve_backbone
-from bench.hardware import configure_threads
-from bench.profiles import get_profile
-from bench.results import provenance, write_json_atomic
+from bench.engine.profiles import get_profile
+from bench.models.backbones import resolve_backbone
+from bench.models.hardware import configure_threads
+from bench.models.training import Encoded, epoch_batches
+from bench.reporting.results import provenance, write_json_atomic
 from bench.runner import DataCache
-from bench.training import Encoded, epoch_batches
 
 
 def steps(model, enc: Encoded, batches: list[list[int]], opt, device) -> list[float]:

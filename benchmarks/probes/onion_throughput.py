@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--scorer", default="smollm2-135m")
     args = ap.parse_args()
 
-    from bench.lm import get_scorer
+    from bench.models.lm import get_scorer
     from bench.runner import DataCache
 
     sentences = [" ".join(t.split()) for t in DataCache().get("sst2").test["text"][: args.n]]

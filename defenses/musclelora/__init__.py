@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.adapters import add_lora, is_head
-from bench.backbones import DECODER_TYPES, LoadedModel
 from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, StepState, TrainingSchedule
+from bench.models.adapters import add_lora, is_head
+from bench.models.backbones import DECODER_TYPES, LoadedModel
 from bench.registry import register
 
 from .alignment import AlignmentSettings, aligned_backward
@@ -48,7 +48,7 @@ class MuscleLoRAConfig(TrainingSchedule):  # + learning_rate, epochs (None: the 
     lora_alpha: int | None = None  # 32 (8 for decoder LLMs)
     lora_dropout: float = 0.0
     use_mslr: bool = True
-    scales: tuple[float, ...] | None = None  # None: bench.adapters.default_scales
+    scales: tuple[float, ...] | None = None  # None: bench.models.adapters.default_scales
     mslr_rank: int = 1
     mslr_alpha: float | None = None  # 6 (4 for decoder LLMs)
     decoder_head_hidden: int = 16

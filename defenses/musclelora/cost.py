@@ -53,8 +53,8 @@ def cost(
 ) -> None:
     """Per-step cost of musclelora against lora, and what refreshing the reference gradient every k
     steps does to time, CACC and ASR (writes OUT/cost.md from the cell records)."""
-    from bench.profiles import get_profile
-    from bench.results import load_records
+    from bench.engine.profiles import get_profile
+    from bench.reporting.results import load_records
     from bench.runner import plan, run_grid
 
     command = command_line(ctx)

@@ -28,9 +28,9 @@ import typer
 
 from bench.cli_shared import USER_ERRORS, DataDirOpt, PluginsOpt, command_line, fail, load_plugins
 from bench.data import stratified_indices
+from bench.models.training import Encoded, pick_device, predict_logits
 from bench.registry import register
 from bench.runner import Cell, DataCache, run_cell
-from bench.training import Encoded, pick_device, predict_logits
 
 
 @torch.no_grad()
@@ -182,9 +182,9 @@ def run(cells: list[Cell], out_dir: Path, data_dir: Any = None, n_samples: int =
         command: str = "") -> pd.DataFrame:
     from tabulate import tabulate
 
-    from bench import progress
     from bench.config import ConfigError
-    from bench.results import ResultsError, provenance, write_json_atomic
+    from bench.engine import progress
+    from bench.reporting.results import ResultsError, provenance, write_json_atomic
 
     out_dir = Path(out_dir)
     if n_samples < 2:
@@ -240,7 +240,7 @@ def fourier(
     from tabulate import tabulate
 
     from bench.config import parse_assignments
-    from bench.profiles import get_profile
+    from bench.engine.profiles import get_profile
     from bench.runner import plan
 
     try:

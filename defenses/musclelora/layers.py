@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from bench.backbones import DECODER_TYPES, BackboneError, LoadedModel
+from bench.models.backbones import DECODER_TYPES, BackboneError, LoadedModel
 
 
 # --- multi-scale low-rank layer (MuScleLoRA's "multiple radial scalings") -----------------------
@@ -73,7 +73,7 @@ def pre_classifier_path(model: Any, model_type: str) -> str:
     else:
         raise BackboneError(
             f"no pre-classifier layer known for architecture {model_type!r} (known: bert, roberta and "
-            "decoder LLMs); add it to bench.adapters.pre_classifier_path"
+            "decoder LLMs); add it to bench.models.adapters.pre_classifier_path"
         )
     for name, module in model.named_modules():
         if name.endswith(suffix) and isinstance(module, torch.nn.Linear):

@@ -1,11 +1,11 @@
 """Where a grid's cells run: here, one after the other (``--executor local``, the loop in
-:func:`bench.grid.run_grid`), or as Ray tasks (``--executor ray``) on a local or existing cluster.
+:func:`bench.engine.grid.run_grid`), or as Ray tasks (``--executor ray``) on a local or existing cluster.
 
-Every executor runs a cell through the same step, :func:`bench.grid.run_claimed_cell`: skip it if
+Every executor runs a cell through the same step, :func:`bench.engine.grid.run_claimed_cell`: skip it if
 recorded, claim it (``OUT/claims/<key>.json``), run it, write ``OUT/records/<key>.json``. So
 resumability and claims stay in bench's own content-keyed files, whatever runs the cells: a cell
 whose worker failed has no record and is run by the next invocation of the same command (a claim
-whose process died is taken over, see :mod:`bench.claims`), and Ray runs may share a results folder
+whose process died is taken over, see :mod:`bench.engine.claims`), and Ray runs may share a results folder
 with local runs. The driver (the ``bench run`` process) keeps the books: the run log lines, the
 leaderboard after every cell.
 
@@ -36,8 +36,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ConfigError
-from .errors import BenchError
+from ..config import ConfigError
+from ..errors import BenchError
 
 EXECUTORS = ("local", "ray")
 SHIPPED = ("bench", "attacks", "defenses")  # the packages a Ray job ships to its workers (py_modules)
@@ -52,7 +52,7 @@ class ExecutorError(BenchError):
 def make_executor(name: str, address: str | None = None, cpus_per_cell: float | None = None,
                   plugins: list[str | Path] | None = None) -> "RayExecutor | None":
     """The executor ``bench run --executor NAME`` asks for: None for local (run_grid's own loop)."""
-    from .registry import suggest
+    from ..registry import suggest
 
     if name not in EXECUTORS:
         raise ConfigError(f"--executor {name!r}: executors are {', '.join(EXECUTORS)}.{suggest(name, list(EXECUTORS))}")
@@ -78,8 +78,8 @@ def import_ray():
 def worker_env(data_dir: str | Path | None) -> dict[str, str]:
     """The environment variables a worker needs from the driver: the cache folder and the data folder
     (absolute, as this process resolves them), and the hub and tokenizer settings."""
-    from .backbones import CACHE_ENV, cache_dir
-    from .data import ENV_VAR, resolve_data_dir
+    from ..data import ENV_VAR, resolve_data_dir
+    from ..models.backbones import CACHE_ENV, cache_dir
 
     env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV) and k != "BENCH_THREADS"}
     env[CACHE_ENV] = str(cache_dir().expanduser().resolve())
@@ -90,7 +90,7 @@ def worker_env(data_dir: str | Path | None) -> dict[str, str]:
 
 def victim_group(cell) -> tuple:
     """Attack (and its settings) x dataset x backbone x seed: the post-training cells of a group share
-    one plain victim (the runner orders a grid by this, see ``bench.plan._grid_order``)."""
+    one plain victim (the runner orders a grid by this, see ``bench.engine.plan._grid_order``)."""
     from .plan import _grid_order
 
     return _grid_order(cell)[:5]
@@ -160,10 +160,10 @@ class RayExecutor:
             replaces: dict[str, str], git: dict | None, data_dir: str | Path | None,
             victims: Path) -> Iterator[tuple[Any, str, dict | None]]:
         """Run ``cells`` (their record keys in ``keys``, by ``id(cell)``) and yield (cell, outcome,
-        record) as each finishes; outcome as :func:`bench.grid.run_claimed_cell` returns it. Raises
+        record) as each finishes; outcome as :func:`bench.engine.grid.run_claimed_cell` returns it. Raises
         :class:`ExecutorError` at the end when cells failed (the others have run)."""
+        from ..data import ENV_VAR
         from . import progress
-        from .data import ENV_VAR
         from .progress import fmt_seconds
 
         if not cells:
@@ -241,7 +241,7 @@ _PLUGINS_LOADED: set[str] = set()
 def _load_plugins(plugins: list[tuple[str, str]]) -> None:
     """Register the driver's --plugins files in this worker (their datasets and backbones are looked up
     by name), written from their content under the temp folder, once per worker process."""
-    from .registry import load_plugin_file
+    from ..registry import load_plugin_file
 
     for name, source in plugins:
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
@@ -258,15 +258,15 @@ def _load_plugins(plugins: list[tuple[str, str]]) -> None:
 
 
 def _cell_task(cell, key: str, replaces: str | None, threads: int, common: dict) -> tuple[str, dict | None, str]:
-    """One Ray task: the cell through :func:`bench.grid.run_claimed_cell`, as the local executor runs
+    """One Ray task: the cell through :func:`bench.engine.grid.run_claimed_cell`, as the local executor runs
     it. Returns (outcome, record or None, host)."""
     import torch
 
+    from ..models.victim import VictimStore
     from . import progress
     from .cell import Evaluator
     from .grid import run_claimed_cell
     from .plan import DataCache
-    from .victim import VictimStore
 
     os.environ.update(common["env"])
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, as the CLI does

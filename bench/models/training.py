@@ -16,14 +16,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import progress
-from .defense import Defense, StepState
+from ..defense import Defense, StepState
+from ..engine import progress
 from .seeding import torch_seeded
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU; a device this machine lacks is a ConfigError."""
-    from .config import ConfigError
+    from ..config import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

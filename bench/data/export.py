@@ -31,10 +31,10 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from . import registry
-from .config import ConfigError, build_config
-from .profiles import Profile
-from .results import ResultsError, git_state, write_text_atomic
+from .. import registry
+from ..config import ConfigError, build_config
+from ..engine.profiles import Profile
+from ..reporting.results import ResultsError, git_state, write_text_atomic
 
 CSV_FILES = ("train-poison.csv", "train-clean.csv", "dev-clean.csv", "dev-poison.csv", "test-clean.csv",
              "test-poison.csv")
@@ -42,7 +42,7 @@ CSV_FILES = ("train-poison.csv", "train-clean.csv", "dev-clean.csv", "dev-poison
 
 def export_cell(attack: str, dataset: str, seed: int, profile: Profile, settings: dict | None = None):
     """The cell whose data is exported (defense ``none``: the data do not depend on the defense)."""
-    from .runner import Cell, DefenseSpec, resolve_dataset
+    from ..runner import Cell, DefenseSpec, resolve_dataset
 
     settings = dict(settings or {})
     stray = [k for k in settings if k != attack]
@@ -63,8 +63,8 @@ def _openbackdoor_csv(path: Path, texts, labels, flags) -> None:
 
 def export(cell, out: str | Path, data_dir: str | Path | None = None, command: str = "") -> dict:
     """Write the cell's poisoned data to ``out`` (see the module doc); return the manifest."""
-    from .runner import DataCache, _digest, cell_config, prepare
-    from .results import config_key
+    from ..reporting.results import config_key
+    from ..runner import DataCache, _digest, cell_config, prepare
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
@@ -150,6 +150,6 @@ def export(cell, out: str | Path, data_dir: str | Path | None = None, command: s
 
 
 def _profile_default(prof: Profile, field: str):
-    from .profiles import PROFILES
+    from ..engine.profiles import PROFILES
 
     return getattr(PROFILES[prof.name], field)

@@ -8,7 +8,7 @@ matrix, and :meth:`Victim.copy` for a defense that modifies a model.
 and ``victim.json``, written atomically) keyed by content: the training rows, the selection rows,
 the training-side identity of the defense, the backbone, the profile fields that affect training and
 the seed. A victim is trained once and reused across cells, runs and processes: its training is
-claimed like a cell (``victims/claims/<key>.json``, :mod:`bench.claims`), so a second process that
+claimed like a cell (``victims/claims/<key>.json``, :mod:`bench.engine.claims`), so a second process that
 wants it meanwhile waits for the first to store it and loads it (a stale claim is taken over).
 """
 
@@ -144,8 +144,8 @@ class VictimStore:
     def _claim(self, key: str, label: str):
         """Claim the training of victim ``key`` as a cell is claimed, or wait while another live process
         trains it; None once it is stored (then it is loaded)."""
-        from . import progress
-        from .claims import try_claim
+        from ..engine import progress
+        from ..engine.claims import try_claim
 
         said = False
         while True:
@@ -159,7 +159,7 @@ class VictimStore:
             time.sleep(WAIT_POLL)
 
     def _get(self, key, model, tokenizer, claim, train, settings, device, identity) -> tuple[Victim, bool]:
-        from .claims import beating
+        from ..engine.claims import beating
 
         folder = self.folder(key)
         if self._stored(key):
@@ -169,7 +169,7 @@ class VictimStore:
             info = json.loads((folder / "victim.json").read_text())["info"]
             model.to(device).eval()
             self.loads += 1
-            from . import progress
+            from ..engine import progress
 
             progress.note(f"victim {key} loaded from the cache ({info.get('trained_by', '')})")
             victim, trained = Victim(model, tokenizer, settings, device, key, info), False

@@ -1,6 +1,6 @@
 """Building the benchmark data folders from the public source files, deterministically.
 
-Each recipe reads pinned files of two research repositories (see :mod:`bench.datafetch`) and writes
+Each recipe reads pinned files of two research repositories (see :mod:`bench.data.datafetch`) and writes
 one folder in the suite's plain layout::
 
     <dataset>/{train,dev,test}.csv            columns text,label        (label: integer class id)

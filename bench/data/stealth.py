@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import MiniLM, cache_dir
-from .lm import get_scorer, lm_identity
+from ..models.backbones import MiniLM, cache_dir
+from ..models.lm import get_scorer, lm_identity
 
 CACHE_FORMAT = 2  # bump when the cached fields change
 

@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from . import registry
-from .attack import Attack
-from .backbones import HubBackbone, resolve_backbone
-from .config import ConfigError, build_config, changed_settings, config_dict
-from .data import DataError, TextDataset, load_csv_folder, load_hub, resolve_data_dir
-from .defense import Defense
-from .hub import check_hub_name, looks_like_path
+from .. import registry
+from ..attack import Attack
+from ..config import ConfigError, build_config, changed_settings, config_dict
+from ..data import DataError, TextDataset, load_csv_folder, load_hub, resolve_data_dir
+from ..defense import Defense
+from ..models.backbones import HubBackbone, resolve_backbone
+from ..models.hub import check_hub_name, looks_like_path
+from ..models.training import pick_device
+from ..reporting.results import config_key, load_records, record_path, write_json_atomic
 from .profiles import PROFILES, Profile
-from .results import config_key, load_records, record_path, write_json_atomic
-from .training import pick_device
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def plan(
 
 def _check_models(profile: Profile, attacks, specs) -> None:
     """Every model a run will load besides the backbone (stealth LM, scorers, generators), checked now."""
-    from .lm import check_lm_name
+    from ..models.lm import check_lm_name
 
     if profile.stealth_samples > 0:
         check_lm_name(profile.stealth_lm, "profile.stealth_lm")

@@ -3,7 +3,7 @@
 The manifest committed beside this file (``data_manifest.json``) pins each source repository to a
 commit and holds the sha256 and size of every source file the recipes read (``sources``) and of every
 file they build (``built``). :func:`fetch` downloads the source files (or reads them from a local
-git copy), checks each against the manifest, builds the dataset folder with :mod:`bench.databuild` in
+git copy), checks each against the manifest, builds the dataset folder with :mod:`bench.data.databuild` in
 a temporary folder, checks the built files, and only then renames the folder into place: a failed or
 interrupted fetch never leaves a half-built dataset. :func:`verify` checks any data folder.
 
@@ -29,9 +29,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import databuild, progress
-from .data import DataError
-from .registry import suggest
+from ..engine import progress
+from ..registry import suggest
+from . import DataError
+from . import databuild
 
 MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
 MANIFEST_ENV = "BENCH_DATA_MANIFEST"
@@ -83,7 +84,7 @@ def check_names(names: list[str]) -> list[str]:
 
 
 def cache_root() -> Path:
-    from .backbones import cache_dir
+    from ..models.backbones import cache_dir
 
     return cache_dir() / "data"
 

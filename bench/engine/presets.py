@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .config import ConfigError
-from .registry import UnknownNameError, suggest
+from ..config import ConfigError
+from ..registry import UnknownNameError, suggest
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ def _text(value: Any) -> str:
 def check(preset: Preset) -> None:
     """Build every named plugin's Config (and the profile) with the preset's values: an unknown plugin or
     key, or a value of the wrong type, raises ConfigError / UnknownNameError naming the preset."""
-    from . import registry
-    from .config import build_config
+    from .. import registry
+    from ..config import build_config
     from .profiles import PROFILES, Profile
 
     for plugin, values in preset.assignments().items():

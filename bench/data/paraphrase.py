@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import progress
-from .attack import Attack, AttackConfig, AttackError
-from .backbones import cache_dir
-from .data import DataError, TextDataset
+from ..attack import Attack, AttackConfig, AttackError
+from ..engine import progress
+from ..models.backbones import cache_dir
+from . import DataError, TextDataset
 
 
 class ParaphraseTable:
@@ -115,7 +115,7 @@ class ParaphraseGenerator:
     def _run_model(self, texts: list[str], seed: int) -> list[str]:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from .seeding import torch_seeded
+        from ..models.seeding import torch_seeded
 
         s = self.settings
         try:
@@ -128,7 +128,7 @@ class ParaphraseGenerator:
         if seq2seq:
             model = AutoModelForSeq2SeqLM.from_pretrained(self.model_name).eval()
         else:  # the one causal-LM loader, shared with the stealth scores and ONION
-            from .lm import load_causal_lm
+            from ..models.lm import load_causal_lm
 
             model, tok = load_causal_lm(self.model_name)
         if tok.pad_token is None:

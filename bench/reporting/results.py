@@ -7,7 +7,7 @@ A results folder holds ``records/<key>.json`` (the source of truth, with provena
 
 from __future__ import annotations
 
-from .errors import BenchError
+from ..errors import BenchError
 
 import hashlib
 import json
@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from .data import PROJECT_ROOT
+from ..data import PROJECT_ROOT
 from .record import CELL_KEY, COLUMNS, MD_COLUMNS, SCHEMA, STATED, Column  # noqa: F401  (re-exported)
 from .scores import interval_text
 
 # The leaderboard's columns, the Markdown's, the cell key and the stated fields are derived from the one
-# typed row (bench/record.py); they are importable from here as before.
+# typed row (bench/reporting/record.py); they are importable from here as before.
 METRICS = ["cacc", "asr"]
 
 
@@ -80,7 +80,7 @@ def package_versions() -> dict:
 def machine() -> dict:
     import torch
 
-    from .hardware import available_cores
+    from ..models.hardware import available_cores
 
     return {
         "platform": platform.platform(),
@@ -132,7 +132,7 @@ def load_records(out_dir: Path) -> list[dict]:
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    # a row the runner builds has every column (bench.record.Row); records made by older code may lack
+    # a row the runner builds has every column (bench.reporting.record.Row); records made by older code may lack
     # some (blank here: committed leaderboards re-render as they were) or hold retired ones (left out).
     # Records made before presets existed: none.
     rows = [{"preset": "", **r["row"]} for r in records]
@@ -180,7 +180,7 @@ def to_markdown(df: pd.DataFrame, title: str, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# STATED (bench/record.py): what a row states about the poisoning; an imported file may leave it unknown
+# STATED (bench/reporting/record.py): what a row states about the poisoning; an imported file may leave it unknown
 # (never shown as 0 or blank)
 
 
@@ -285,7 +285,7 @@ def read_runs(out_dir: Path) -> list[dict]:
     """The runs of a folder, one dict per run: a run writes a "started" line and, unless it was killed,
     an end line (finished, interrupted, failed). Runs without an end line are marked died (their
     process is gone) or running. Lines from before run ids existed are finished runs."""
-    from .claims import pid_alive
+    from ..engine.claims import pid_alive
 
     path = Path(out_dir) / "runs.jsonl"
     runs: dict[str, dict] = {}

@@ -16,22 +16,22 @@ from typing import Callable
 import datasets
 import numpy as np
 
+from ..attack import PoisonedData
+from ..config import config_dict
+from ..data import DataError, TextDataset, stratified_indices
+from ..data.stealth import stealth_scores
+from ..defense import Defense, DefenseContext
+from ..errors import ContractError
+from ..models.backbones import resolve_backbone
+from ..models.seeding import torch_seeded
+from ..models.training import pick_device, train
+from ..models.victim import Victim, VictimStore
+from ..reporting.metrics import attack_success_rate, clean_accuracy
+from ..reporting.record import EvaluationInfo, Row, TrainingInfo
+from ..reporting.results import config_key, provenance
 from . import progress
-from .attack import PoisonedData
-from .backbones import resolve_backbone
-from .config import config_dict
-from .data import DataError, TextDataset, stratified_indices
-from .defense import Defense, DefenseContext
-from .errors import ContractError
-from .metrics import attack_success_rate, clean_accuracy
 from .plan import Cell, DataCache, DefenseSpec, _defense_identity, cell_config
 from .profiles import Profile
-from .record import EvaluationInfo, Row, TrainingInfo
-from .results import config_key, provenance
-from .seeding import torch_seeded
-from .stealth import stealth_scores
-from .training import pick_device, train
-from .victim import Victim, VictimStore
 
 MIN_ASR_ROWS = 5  # fewer poisoned test rows than this: ASR is refused (one row would move it by > 20 points)
 WARN_ASR_ROWS = 50  # fewer than this: a warning (once per dataset and attack in a process)
@@ -177,7 +177,7 @@ class Evaluator:
 
     # --- the victim ------------------------------------------------------------------------
     def context(self, cell: Cell, prep: Prepared) -> DefenseContext:
-        from .lm import get_scorer
+        from ..models.lm import get_scorer
 
         prof = cell.profile
         ctx = DefenseContext(

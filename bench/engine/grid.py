@@ -1,6 +1,6 @@
-"""Running a grid: :func:`run_grid` plans nothing (see :mod:`bench.plan`) and trains nothing itself (see
-:mod:`bench.cell`); it sorts the cells against the results folder, runs the rest here or through an
-executor (:mod:`bench.executors`), each through :func:`run_claimed_cell` (skip if recorded, claim,
+"""Running a grid: :func:`run_grid` plans nothing (see :mod:`bench.engine.plan`) and trains nothing itself (see
+:mod:`bench.engine.cell`); it sorts the cells against the results folder, runs the rest here or through an
+executor (:mod:`bench.engine.executors`), each through :func:`run_claimed_cell` (skip if recorded, claim,
 run, write the record, release), and tells its observers what happens, in this order of events:
 
 - ``started(cell)``: the cell's claim is held and it starts;
@@ -28,14 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import ConfigError
 from .cell import Evaluator
 from .claims import try_claim
-from .config import ConfigError
 from .plan import Cell, DataCache, GridClock, Scan, estimate, scan
 from .progress import Reporter, fmt_seconds
-from .results import (ResultsError, append_run, git_state, load_records, record_path, write_json_atomic,
+from ..reporting.results import (ResultsError, append_run, git_state, load_records, record_path, write_json_atomic,
                       write_leaderboard)
-from .victim import VictimStore
+from ..models.victim import VictimStore
 
 
 def run_grid(
@@ -51,7 +51,7 @@ def run_grid(
     writes a "started" line to ``runs.jsonl`` and an end line (finished, interrupted, failed).
     ``progress``: "auto" or True (bars on a terminal, else plain lines), "lines", "bar", "off" or False.
     ``executor``: None runs the cells here, one after the other; else an object from
-    :mod:`bench.executors` (e.g. Ray) whose ``run`` runs them elsewhere through :func:`run_claimed_cell`.
+    :mod:`bench.engine.executors` (e.g. Ray) whose ``run`` runs them elsewhere through :func:`run_claimed_cell`.
     ``keep_going`` (local executor): a cell that raises is written to ``runs.jsonl`` ("cell_failed", with
     its error), its claim released, and the grid goes on; the summary's ``failed`` lists those cells.
     """
@@ -128,7 +128,7 @@ class Run:
 
 def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, executor=None,
               keep_going=False) -> dict:
-    from .hardware import configure_threads
+    from ..models.hardware import configure_threads
 
     threads = configure_threads()
     git = git_state()  # the code this process runs is the code as it was when it started
@@ -147,7 +147,7 @@ def _run_grid(cells, out_dir, data_dir, command, reporter, force, reuse, store, 
         observers.append(Progress(run, reporter, clock))
     end = {"event": "finished"}
     try:
-        if executor is not None:  # the cells run elsewhere (bench.executors); this process keeps the books
+        if executor is not None:  # the cells run elsewhere (bench.engine.executors); this process keeps the books
             _run_elsewhere(executor, ev, run, force, data_dir, observers)
         else:
             _run_here(ev, run, force, keep_going, reporter, observers)
@@ -196,7 +196,7 @@ def _run_here(ev: Evaluator, run: Run, force: bool, keep_going: bool, reporter: 
 
 def _recheck_threads(run: Run, reporter: Reporter) -> None:
     """Torch's thread count before each cell: another job may have started or ended meanwhile."""
-    from .hardware import configure_threads
+    from ..models.hardware import configure_threads
 
     now = configure_threads(recheck=True)
     if now["threads"] != run.threads["threads"]:
@@ -326,7 +326,7 @@ class Leaderboard(Observer):
 
 class Progress(Observer):
     """A line per cell (or a bar, ``progress="bar"``) with the grid's time estimate, fed by the
-    measured costs of the cells (:class:`bench.plan.GridClock`)."""
+    measured costs of the cells (:class:`bench.engine.plan.GridClock`)."""
 
     def __init__(self, run: Run, reporter: Reporter, clock: GridClock):
         self.run, self.reporter, self.clock = run, reporter, clock

@@ -7,7 +7,7 @@ fingerprint used in result keys (never a name alone).
 
 from __future__ import annotations
 
-from .errors import BenchError
+from ..errors import BenchError
 
 import csv
 import hashlib
@@ -19,11 +19,11 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from . import progress
+from ..engine import progress
 
 ENV_VAR = "BENCH_DATA_DIR"
 SPLITS = ("train", "dev", "test")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DataError(BenchError, ValueError):
@@ -36,7 +36,7 @@ SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
 def data_roots() -> list[tuple[Path, str]]:
     """The folders a built-in dataset is looked up in when neither --data-dir nor $BENCH_DATA_DIR is
     given, in order, each with how it is named: the data cache, then ../shared/data beside the project."""
-    from .backbones import cache_dir
+    from ..models.backbones import cache_dir
 
     return [(cache_dir() / "data", "the data cache"), (SHARED_DATA, "../shared/data beside the project")]
 

@@ -7,7 +7,7 @@ over, when its process is gone (same host, pid not alive) or its heartbeat is ol
 ``STALE_AFTER`` seconds (a process on another machine that died). A cell claimed by a live process
 is left to it. Taking over is one atomic step: the right to remove a stale claim is a token file
 named after that very claim, created with ``O_EXCL``, so of several processes that found the same
-dead claim exactly one replaces it. Trained victims are claimed the same way (:mod:`bench.victim`).
+dead claim exactly one replaces it. Trained victims are claimed the same way (:mod:`bench.models.victim`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import ConfigError, build_config
-from .registry import UnknownNameError, suggest
+from ..config import ConfigError, build_config
+from ..registry import UnknownNameError, suggest
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import TextDataset, load_csv_folder
-from .registry import register
+from ..registry import register
+from . import TextDataset, load_csv_folder
 
 
 class BenchmarkCSV:

@@ -9,7 +9,7 @@ once to safetensors and cached), and the tiny random ``tiny-bert``, ``tiny-rober
 
 from __future__ import annotations
 
-from .errors import BenchError
+from ..errors import BenchError
 
 import contextlib
 import functools
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .registry import has, names, register, suggest
+from ..registry import has, names, register, suggest
 from .seeding import torch_seeded
 
 CACHE_ENV = "BENCH_CACHE_DIR"
@@ -69,7 +69,7 @@ def attention_targets(model_type: str) -> list[str]:
     except KeyError:
         raise BackboneError(
             f"no LoRA target modules known for architecture {model_type!r}; "
-            f"known: {', '.join(sorted(ATTENTION_TARGETS))}. Add it to bench.backbones.ATTENTION_TARGETS"
+            f"known: {', '.join(sorted(ATTENTION_TARGETS))}. Add it to bench.models.backbones.ATTENTION_TARGETS"
         ) from None
 
 
@@ -203,7 +203,7 @@ class SmolLM2(Backbone):
             return out
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from . import progress
+        from ..engine import progress
 
         progress.note(f"converting {src.name} to safetensors under {out.parent} (once per machine, ~1 min)")
         with _gguf_bar_off(progress.current().mode != "bar"):
@@ -375,7 +375,7 @@ class HubBackbone(Backbone):
 def resolve_backbone(name: str) -> Backbone:
     """A registered backbone by name, else a hub id or local folder."""
     if has("backbone", name):
-        from .registry import get
+        from ..registry import get
 
         return get("backbone", name)()
     return HubBackbone(name)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import progress
+from ..engine import progress
 from .backbones import BackboneError
 
 _SCORERS: dict[str, "CausalLMScorer"] = {}
@@ -54,8 +54,8 @@ def lm_identity(name: str | None) -> Any:
 def check_lm_name(name: str | None, what: str) -> None:
     """Fail now (before any cell) when the causal LM ``name`` cannot be had: a missing package or
     folder, or a hub id with no network. ``what`` names the setting in the message."""
+    from ..registry import has, names, suggest
     from .backbones import HubBackbone, SmolLM2
-    from .registry import has, names, suggest
 
     if name is None or name == "minilm" or (name.startswith("tiny-") and has("backbone", name)):
         return
