@@ -33,17 +33,6 @@ for seeds in "-s 1" "-s 2 -s 3"; do
     PHASES+=("--dataset $ds $seeds -d none+clean --sweep none+clean.n_clean=$BUDGETS $COMMON")
   done
 done
-left() { echo $(( DEADLINE - $(date +%s) )); }
-PIDS=""
-for i in $(seq "$W"); do
-  (
-    for phase in "${PHASES[@]}"; do
-      t=$(left); [ "$t" -gt 5 ] || exit 0
-      timeout -s INT "$t" $RUN $phase >>"$OUTDIR/logs/worker-$i.log" 2>&1
-    done
-  ) &
-  PIDS="$PIDS $!"
-  sleep 0.3
-done
-wait $PIDS
+source "$(dirname "$0")/workers.sh"
+run_workers
 echo "knowledge script done at $(date -u +%FT%TZ), $(left) s before the deadline"

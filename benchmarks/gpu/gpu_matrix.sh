@@ -42,17 +42,6 @@ matrix_phases() {  # the matrix for the seeds given
 PHASES=()
 PHASES+=("-s 1 -s 2 -s 3 $FID")
 while IFS= read -r p; do PHASES+=("$p"); done < <(matrix_phases "-s 1"; matrix_phases "-s 2 -s 3")
-left() { echo $(( DEADLINE - $(date +%s) )); }
-PIDS=""
-for i in $(seq "$W"); do
-  (
-    for phase in "${PHASES[@]}"; do
-      t=$(left); [ "$t" -gt 5 ] || exit 0
-      timeout -s INT "$t" $RUN $phase >>"$OUTDIR/logs/worker-$i.log" 2>&1
-    done
-  ) &
-  PIDS="$PIDS $!"
-  sleep 0.3  # staggered starts: the first cells' claims are taken one by one
-done
-wait $PIDS
+source "$(dirname "$0")/workers.sh"
+run_workers
 echo "matrix script done at $(date -u +%FT%TZ), $(left) s before the deadline"
