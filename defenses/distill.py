@@ -19,6 +19,19 @@ content's class as its target; clean-label poison (content of the target class) 
 confidence, not a one-hot push that a shortcut would serve. What it cannot do: beat a teacher whose
 clean rows are too few to read the task (its accuracy is bounded by what the teacher gets right), and
 it trusts the teacher on every text (an adaptive attacker who fools the teacher fools the student).
+
+Version 2 (``label_trust="class-excess"``, the default) gives back the labels where they carry what the
+teacher lacks. Version 1's measured problem was accuracy: the student barely beat its teacher, because
+on the rows the teacher gets wrong it learnt the teacher's mistake. A row's own label now replaces the
+teacher's target when (a) the teacher's prediction disagrees with the label and (b) the label's class
+shows no excess of such disagreements. (b) is a two-proportion z-test per class: the share of training
+rows labelled ``c`` that the teacher calls something else, against the teacher's error rate on clean
+rows of class ``c`` (the selection rows, which every defense reads); ``z > z_bar`` marks class ``c`` as
+receiving flipped labels, and its disagreeing rows keep the teacher's target. So dirty-label poison
+(rows of another class relabelled to the target: a large excess in the target class) never gives its
+label to the student, while clean-label poison (the target's own rows, labels correct) mostly agrees with
+the teacher and gets the teacher's soft target, as in version 1. Every other row keeps version 1's
+target. What it cannot see: a poisoned row that the teacher also misreads as the target class.
 """
 
 from __future__ import annotations
@@ -40,6 +53,10 @@ class DistillConfig:
     n_clean: int | None = None  # None: the whole defender's budget (384 rows under the cpu profile)
     temperature: float = 1.0
     label_weight: float = 0.0  # weight of the rows' own labels (cross-entropy) against the teacher's targets
+    # "class-excess" (version 2): a row's label replaces the teacher's target where the teacher disagrees
+    # with it and the label's class shows no excess of disagreement (z <= z_bar); "none": version 1
+    label_trust: str = "class-excess"
+    z_bar: float = 3.0
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -49,6 +66,33 @@ class DistillConfig:
             raise ConfigError(f"distill.temperature={self.temperature}: must be > 0 (e.g. 1.0)")
         if not 0.0 <= self.label_weight <= 1.0:
             raise ConfigError(f"distill.label_weight={self.label_weight}: a weight in [0, 1] (0: labels unused)")
+        if self.label_trust not in LABEL_TRUST:
+            raise ConfigError(f"distill.label_trust={self.label_trust!r}: one of {', '.join(LABEL_TRUST)} "
+                              "(e.g. --set distill.label_trust=none for version 1)")
+        if not self.z_bar > 0:
+            raise ConfigError(f"distill.z_bar={self.z_bar}: a z-score bar > 0 (e.g. 3.0)")
+
+
+LABEL_TRUST = ("class-excess", "none")
+
+
+def excess_disagreement(train_pred: np.ndarray, train_label: np.ndarray, clean_pred: np.ndarray,
+                        clean_label: np.ndarray, num_labels: int) -> list[dict]:
+    """Per class ``c``: the share of training rows labelled ``c`` that the teacher predicts otherwise,
+    the same share on clean rows of class ``c``, and the pooled two-proportion z-score of the excess
+    (positive: more disagreement in the training set than the teacher's own error explains)."""
+    out = []
+    for c in range(num_labels):
+        n, m = int((train_label == c).sum()), int((clean_label == c).sum())
+        k_train = int(((train_pred != c) & (train_label == c)).sum())
+        k_clean = int(((clean_pred != c) & (clean_label == c)).sum())
+        d, e = k_train / max(n, 1), k_clean / max(m, 1)
+        pooled = (k_train + k_clean) / max(n + m, 1)
+        se = float(np.sqrt(pooled * (1 - pooled) * (1 / max(n, 1) + 1 / max(m, 1))))
+        z = (d - e) / se if se > 0 else (float("inf") if d > e else 0.0)
+        out.append({"label": c, "n_train": n, "n_clean": m, "disagree_train": round(d, 4),
+                    "disagree_clean": round(e, 4), "z": round(z, 3) if np.isfinite(z) else z})
+    return out
 
 
 @register("defense", "distill")
@@ -57,9 +101,11 @@ class Distill(Defense):
     its target; the student learns from the poisoned set's texts, not from its labels."""
 
     Config = DistillConfig
+    version = 2  # the default became label_trust="class-excess"; version 1 records are keyed apart
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
         self._n_train = len(rows)  # a fresh instance per cell: this never reaches another cell
+        self._train_rows = rows
         return None
 
     def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
@@ -72,7 +118,21 @@ class Distill(Defense):
         self._teacher.model.eval()
         ctx.log(clean_rows_trained_on=len(rows), teacher_copies=copies,
                 teacher_dev_acc=self._teacher.info.get("dev_acc"))
+        self._trusted = torch.zeros(ctx.num_labels, dtype=torch.bool)
+        if self.config.label_trust == "class-excess":
+            self._trusted = self._trusted_classes(ctx)
         return rows
+
+    def _trusted_classes(self, ctx: DefenseContext) -> torch.Tensor:
+        """The classes whose labels the student may take where the teacher disagrees (no excess)."""
+        train = self._train_rows
+        sel = ctx.selection
+        per_class = excess_disagreement(
+            self._teacher.predict(list(train["text"])), np.asarray(train["label"]),
+            self._teacher.predict(list(sel["text"])), np.asarray(sel["label"]), ctx.num_labels)
+        trusted = [row["z"] <= self.config.z_bar for row in per_class]
+        ctx.log(label_trust=per_class, classes_flagged=[r["label"] for r, t in zip(per_class, trusted) if not t])
+        return torch.tensor(trusted, dtype=torch.bool)
 
     def backward(self, state: StepState) -> float:
         batch = state.batch
@@ -82,16 +142,19 @@ class Distill(Defense):
         with torch.no_grad():
             t = teacher(**inputs).logits.float()
         s = state.model(**inputs).logits.float()
+        y = batch["labels"]
         temp = c.temperature
         kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
-                      reduction="batchmean") * temp * temp
-        loss = (1.0 - c.label_weight) * kl
-        if c.label_weight > 0:
-            loss = loss + c.label_weight * F.cross_entropy(s, batch["labels"])
+                      reduction="none").sum(-1) * temp * temp
+        ce = F.cross_entropy(s, y, reduction="none")
+        per_row = (1.0 - c.label_weight) * kl + c.label_weight * ce
+        agree = t.argmax(-1) == y
+        # version 2: the label replaces the teacher where they disagree and the label's class is trusted
+        on_label = ~agree & getattr(self, "_trusted", torch.zeros(s.shape[-1], dtype=torch.bool)).to(y.device)[y]
+        loss = torch.where(on_label, ce, per_row).mean()
         loss.backward()
         stats = state.memory.setdefault("stats", {})
-        with torch.no_grad():
-            agree = (t.argmax(-1) == batch["labels"]).float().mean().item()
-        stats["teacher_label_agreement"] = round(
-            (stats.get("teacher_label_agreement", agree) * state.step + agree) / (state.step + 1), 4)
+        for name, value in (("teacher_label_agreement", agree.float().mean().item()),
+                            ("rows_on_label", on_label.float().mean().item())):
+            stats[name] = round((stats.get(name, value) * state.step + value) / (state.step + 1), 4)
         return float(loss.detach())

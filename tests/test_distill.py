@@ -46,6 +46,8 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
     clean = datasets.Dataset.from_dict({"text": ["good", "bad", "fine", "awful"], "label": [1, 0, 1, 0]})
 
     class Ctx:
+        num_labels = 2
+
         def clean(self, n=None):
             return clean if n is None else clean.select(range(n))
 
@@ -56,7 +58,7 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
         def log(self, **kw):
             seen.update(kw)
 
-    d = Distill()
+    d = Distill(DistillConfig(label_trust="none"))  # version 2's reading of the teacher: the test below
     poisoned = datasets.Dataset.from_dict({"text": [f"row {i} cf" for i in range(12)], "label": [1] * 12})
     assert d.select_train(poisoned, Ctx()) is None  # no row dropped: the poisoned texts are the student's data
     added = d.add_train(Ctx())
@@ -66,7 +68,85 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
     assert seen["teacher_copies"] == 3
 
 
-@pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5}])
+@pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5},
+                                 {"label_trust": "labels"}, {"z_bar": 0.0}])
 def test_bad_settings_name_the_fix(bad):
     with pytest.raises(ConfigError, match="distill"):
         DistillConfig(**bad).validate()
+
+
+def test_excess_disagreement_flags_the_class_that_received_flipped_labels():
+    import numpy as np
+
+    from defenses.distill import excess_disagreement
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 2, 1500)
+    teacher_right = rng.random(1500) < 0.85  # a teacher with 15 % error on every class
+    pred = np.where(teacher_right, true, 1 - true)
+    clean_true = rng.integers(0, 2, 500)
+    clean_pred = np.where(rng.random(500) < 0.85, clean_true, 1 - clean_true)
+    # clean labels: neither class shows an excess
+    assert all(r["z"] <= 3 for r in excess_disagreement(pred, true, clean_pred, clean_true, 2))
+    # dirty-label poison: 150 rows of class 0 relabelled 1
+    noisy = true.copy()
+    noisy[np.flatnonzero(true == 0)[:150]] = 1
+    z = {r["label"]: r["z"] for r in excess_disagreement(pred, noisy, clean_pred, clean_true, 2)}
+    assert z[1] > 3 and z[0] <= 3
+
+
+@pytest.mark.parametrize("trusted,same", [([False, False], True), ([True, True], False)])
+def test_a_disagreeing_rows_label_reaches_the_student_only_in_a_trusted_class(trusted, same):
+    loaded = resolve_backbone("tiny-bert").load(2, seed=1)
+    loaded.model.eval()
+    teacher = copy.deepcopy(loaded.model).eval()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    d = Distill(DistillConfig())
+    d._teacher = SimpleNamespace(model=teacher)
+    d._trusted = torch.tensor(trusted)
+    g = _grads(d, loaded.model, _batch(loaded.tokenizer, [0, 1, 1, 0]))
+    g_flipped = _grads(d, loaded.model, _batch(loaded.tokenizer, [1, 0, 0, 1]))
+    # flipping every label makes every row disagree with the teacher in one of the two passes
+    assert torch.allclose(g, g_flipped) is same
+
+
+def test_version_2_reads_the_teacher_on_the_training_and_selection_rows_and_logs_the_test():
+    import numpy as np
+
+    rows = datasets.Dataset.from_dict({"text": ["good", "bad"] * 50, "label": [1, 0] * 50})
+    logged = {}
+
+    class Teacher:
+        model = torch.nn.Linear(1, 1)
+        info = {"dev_acc": 1.0}
+
+        def predict(self, texts):  # reads the content: "good" is 1, everything else 0
+            return np.array([int(t.startswith("good")) for t in texts])
+
+    class Ctx:
+        num_labels = 2
+        selection = rows
+
+        def clean(self, n=None):
+            return rows
+
+        def fit(self, texts, labels, purpose):
+            return Teacher()
+
+        def log(self, **kw):
+            logged.update(kw)
+
+    # 200 rows, 60 "bad" rows relabelled 1 (dirty-label poison into class 1)
+    texts = ["good"] * 100 + ["bad"] * 100
+    labels = [1] * 100 + [1] * 60 + [0] * 40
+    d = Distill()
+    d.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
+    d.add_train(Ctx())
+    assert logged["classes_flagged"] == [1]
+    assert d._trusted.tolist() == [True, False]
+    d1 = Distill(DistillConfig(label_trust="none"))
+    d1.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
+    d1.add_train(Ctx())
+    assert d1._trusted.tolist() == [False, False]  # version 1: no label is ever taken
