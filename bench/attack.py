@@ -102,6 +102,12 @@ class Attack:
         """The triggered version of each sentence (only called on available sentences)."""
         raise NotImplementedError
 
+    def choose(self, pool: np.ndarray, n: int, texts: list[str], labels: np.ndarray, target: int,
+               rng: np.random.Generator) -> np.ndarray:
+        """Which ``n`` of the ``pool`` rows (indices into ``texts``) to poison (default: uniformly at
+        random). An attack that picks its rows (an adaptive one) overrides this."""
+        return rng.choice(pool, n, replace=False)
+
     def source_identity(self, data: TextDataset) -> dict:
         """Content the transform depends on beyond the dataset and Config (a table's hash, a model)."""
         return {}
@@ -166,7 +172,7 @@ class Attack:
                 f"{', with a transform' if not avail.all() else ''}) holds only {len(pool)}{detail}; "
                 "lower --poison-rate (0 still builds the poisoned test set) or choose another --label-regime"
             )
-        chosen = np.sort(rng_pick.choice(pool, n_poison, replace=False)) if n_poison else np.array([], int)
+        chosen = np.sort(self.choose(pool, n_poison, texts, labels, target, rng_pick)) if n_poison else np.array([], int)
         new_texts = list(texts)
         for i, t in zip(chosen, self.apply([texts[i] for i in chosen], "train", data, rng_train)):
             new_texts[i] = t

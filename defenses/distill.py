@@ -32,10 +32,23 @@ receiving flipped labels, and its disagreeing rows keep the teacher's target. So
 label to the student, while clean-label poison (the target's own rows, labels correct) mostly agrees with
 the teacher and gets the teacher's soft target, as in version 1. Every other row keeps version 1's
 target. What it cannot see: a poisoned row that the teacher also misreads as the target class.
+
+Version 3 (``token_guard=True``, the default) closes the hole version 2 measured: under clean-label
+BadNets its ASR was 100 %, because the target-class poison rows that the teacher misreads (about a
+sixth of them) had their labels trusted, and hard rows carrying a trigger are exactly what a backdoor
+needs. The defender's clean rows are a sample of the same distribution as the training set, so a word
+that is far more frequent in the training set than in the clean rows was put there: a word is *shifted*
+when its share of training rows is at least ``token_ratio`` times its (add-one smoothed) share of clean
+rows and a one-sided binomial test rejects the clean share at ``token_alpha`` (Bonferroni over the words
+in >= 3 training rows). Every training row holding a shifted word is dropped before the student sees
+it; the class test then runs on the rows kept. A trigger that is not a word (a syntax or a style) is not
+seen by this guard.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import datasets
@@ -57,6 +70,10 @@ class DistillConfig:
     # with it and the label's class shows no excess of disagreement (z <= z_bar); "none": version 1
     label_trust: str = "class-excess"
     z_bar: float = 3.0
+    # version 3: drop the training rows holding a word far more frequent there than in the clean rows
+    token_guard: bool = True
+    token_ratio: float = 5.0
+    token_alpha: float = 0.01
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -71,9 +88,41 @@ class DistillConfig:
                               "(e.g. --set distill.label_trust=none for version 1)")
         if not self.z_bar > 0:
             raise ConfigError(f"distill.z_bar={self.z_bar}: a z-score bar > 0 (e.g. 3.0)")
+        if not self.token_ratio >= 1:
+            raise ConfigError(f"distill.token_ratio={self.token_ratio}: a frequency ratio >= 1 (e.g. 5.0)")
+        if not 0 < self.token_alpha < 1:
+            raise ConfigError(f"distill.token_alpha={self.token_alpha}: a test level in (0, 1) (e.g. 0.01)")
 
 
 LABEL_TRUST = ("class-excess", "none")
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def shifted_words(train_texts: list[str], clean_texts: list[str], ratio: float = 5.0,
+                  alpha: float = 0.01, min_rows: int = 3) -> list[dict]:
+    """The words whose share of training rows is >= ``ratio`` times their add-one smoothed share of
+    clean rows, with a one-sided binomial p-value under the clean share below ``alpha`` / (words
+    tested), the most shifted first."""
+    from scipy.stats import binom
+
+    n, m = len(train_texts), len(clean_texts)
+    df_train = Counter(w for t in train_texts for w in _words(t))
+    df_clean = Counter(w for t in clean_texts for w in _words(t))
+    tested = {w: x for w, x in df_train.items() if x >= min_rows}
+    bar = alpha / max(1, len(tested))
+    out = []
+    for w, x in tested.items():
+        p0 = (df_clean[w] + 1) / (m + 2)
+        share = x / max(n, 1)
+        if share >= ratio * p0:
+            pval = float(binom.sf(x - 1, n, p0))
+            if pval < bar:
+                out.append({"word": w, "train_rows": x, "clean_rows": df_clean[w], "ratio": round(share / p0, 2),
+                            "p": pval})
+    return sorted(out, key=lambda r: -r["ratio"])
 
 
 def excess_disagreement(train_pred: np.ndarray, train_label: np.ndarray, clean_pred: np.ndarray,
@@ -101,31 +150,38 @@ class Distill(Defense):
     its target; the student learns from the poisoned set's texts, not from its labels."""
 
     Config = DistillConfig
-    version = 2  # the default became label_trust="class-excess"; version 1 records are keyed apart
+    version = 3  # defaults changed (v2: label_trust="class-excess"; v3: token_guard): old records keyed apart
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
-        self._n_train = len(rows)  # a fresh instance per cell: this never reaches another cell
-        self._train_rows = rows
-        return None
+        """The teacher is trained here (the training set's size sets its step count); with
+        ``token_guard`` the rows holding a shifted word are dropped, and the class test reads the rest."""
+        c = self.config
+        clean = ctx.clean(c.n_clean)  # a fresh instance per cell: nothing here reaches another cell
+        copies = max(1, round(len(rows) / max(1, len(clean))))
+        self._clean_rows = clean
+        self._teacher = ctx.fit(list(clean["text"]) * copies, list(clean["label"]) * copies,
+                                purpose="distill-teacher")
+        self._teacher.model.eval()
+        ctx.log(clean_rows_trained_on=len(clean), teacher_copies=copies,
+                teacher_dev_acc=self._teacher.info.get("dev_acc"))
+        keep = None
+        if c.token_guard:
+            texts = list(rows["text"])
+            shifted = shifted_words(texts, list(clean["text"]), c.token_ratio, c.token_alpha)
+            bad = {r["word"] for r in shifted}
+            keep = np.array([not (_words(t) & bad) for t in texts], dtype=bool)
+            ctx.log(shifted_words=shifted[:20], n_shifted_words=len(shifted), rows_dropped=int((~keep).sum()))
+        self._trusted = torch.zeros(ctx.num_labels, dtype=torch.bool)
+        if c.label_trust == "class-excess":
+            self._trusted = self._trusted_classes(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx)
+        return keep
 
     def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
-        """The clean rows join the student's data; the teacher is trained on them here (after
-        ``select_train``, so the training set's size is known)."""
-        rows = ctx.clean(self.config.n_clean)
-        copies = max(1, round(getattr(self, "_n_train", len(rows)) / max(1, len(rows))))
-        texts, labels = list(rows["text"]) * copies, list(rows["label"]) * copies
-        self._teacher = ctx.fit(texts, labels, purpose="distill-teacher")
-        self._teacher.model.eval()
-        ctx.log(clean_rows_trained_on=len(rows), teacher_copies=copies,
-                teacher_dev_acc=self._teacher.info.get("dev_acc"))
-        self._trusted = torch.zeros(ctx.num_labels, dtype=torch.bool)
-        if self.config.label_trust == "class-excess":
-            self._trusted = self._trusted_classes(ctx)
-        return rows
+        """The clean rows the teacher learnt from join the student's data."""
+        return self._clean_rows
 
-    def _trusted_classes(self, ctx: DefenseContext) -> torch.Tensor:
+    def _trusted_classes(self, train: datasets.Dataset, ctx: DefenseContext) -> torch.Tensor:
         """The classes whose labels the student may take where the teacher disagrees (no excess)."""
-        train = self._train_rows
         sel = ctx.selection
         per_class = excess_disagreement(
             self._teacher.predict(list(train["text"])), np.asarray(train["label"]),

@@ -58,7 +58,7 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
         def log(self, **kw):
             seen.update(kw)
 
-    d = Distill(DistillConfig(label_trust="none"))  # version 2's reading of the teacher: the test below
+    d = Distill(DistillConfig(label_trust="none", token_guard=False))  # version 1: the teacher alone
     poisoned = datasets.Dataset.from_dict({"text": [f"row {i} cf" for i in range(12)], "label": [1] * 12})
     assert d.select_train(poisoned, Ctx()) is None  # no row dropped: the poisoned texts are the student's data
     added = d.add_train(Ctx())
@@ -69,7 +69,8 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
 
 
 @pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5},
-                                 {"label_trust": "labels"}, {"z_bar": 0.0}])
+                                 {"label_trust": "labels"}, {"z_bar": 0.0},
+                                 {"token_ratio": 0.5}, {"token_alpha": 1.0}])
 def test_bad_settings_name_the_fix(bad):
     with pytest.raises(ConfigError, match="distill"):
         DistillConfig(**bad).validate()
@@ -150,3 +151,43 @@ def test_version_2_reads_the_teacher_on_the_training_and_selection_rows_and_logs
     d1.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
     d1.add_train(Ctx())
     assert d1._trusted.tolist() == [False, False]  # version 1: no label is ever taken
+
+
+def test_the_token_guard_finds_an_inserted_word_and_drops_its_rows_only():
+    import numpy as np
+
+    from defenses.distill import shifted_words
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(300)] + ["the", "film", "not"] * 20
+    clean_texts = [" ".join(rng.choice(vocab, 8)) for _ in range(384)]
+    train = [" ".join(rng.choice(vocab, 8)) for _ in range(1500)]
+    assert shifted_words(train, clean_texts) == []  # the same distribution: nothing is shifted
+    poisoned = [t + " cf" if i % 10 == 0 else t for i, t in enumerate(train)]  # 150 rows carry "cf"
+    found = shifted_words(poisoned, clean_texts)
+    assert [r["word"] for r in found] == ["cf"] and found[0]["train_rows"] == 150
+
+    class Teacher:
+        model = torch.nn.Linear(1, 1)
+        info = {}
+
+        def predict(self, texts):
+            return np.zeros(len(texts), dtype=int)
+
+    class Ctx:
+        num_labels = 2
+        selection = datasets.Dataset.from_dict({"text": clean_texts[:50], "label": [0, 1] * 25})
+
+        def clean(self, n=None):
+            return datasets.Dataset.from_dict({"text": clean_texts, "label": [0, 1] * 192})
+
+        def fit(self, texts, labels, purpose):
+            return Teacher()
+
+        def log(self, **kw):
+            pass
+
+    rows = datasets.Dataset.from_dict({"text": poisoned, "label": [1] * 1500})
+    keep = Distill().select_train(rows, Ctx())
+    assert (~keep).sum() == 150 and not keep[::10].any()
+    assert Distill(DistillConfig(token_guard=False)).select_train(rows, Ctx()) is None
