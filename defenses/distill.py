@@ -146,8 +146,8 @@ def excess_disagreement(train_pred: np.ndarray, train_label: np.ndarray, clean_p
 
 @register("defense", "distill")
 class Distill(Defense):
-    """Clean-teacher distillation: a teacher fine-tuned on the clean rows alone gives every training row
-    its target; the student learns from the poisoned set's texts, not from its labels."""
+    """Clean-teacher distillation: a teacher fine-tuned on the clean rows gives every training row its
+    target, a label only where the teacher and class test trust it; rows with shifted words dropped."""
 
     Config = DistillConfig
     version = 3  # defaults changed (v2: label_trust="class-excess"; v3: token_guard): old records keyed apart
