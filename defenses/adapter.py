@@ -47,6 +47,7 @@ ADAPTER_SITES = {
     "bert": ("attention.output.dense", "output.dense"),
     "roberta": ("attention.output.dense", "output.dense"),
     "xlm-roberta": ("attention.output.dense", "output.dense"),
+    "mpnet": ("attention.attn.o", "output.dense"),
     "llama": ("self_attn.o_proj", "mlp.down_proj"),
     "mistral": ("self_attn.o_proj", "mlp.down_proj"),
     "qwen2": ("self_attn.o_proj", "mlp.down_proj"),

@@ -112,7 +112,8 @@ def add_prefixes(model: Any, tokens: int, init_std: float, generator: torch.Gene
     if not modules or (layers is not None and len(modules) != layers):
         raise BackboneError(
             f"{cfg.model_type}: found {len(modules)} attention modules named *{' or *'.join(ATTENTION_MODULES)}, "
-            f"expected one per layer ({layers}); prefix tuning knows BERT/RoBERTa-style and Llama-style attention"
+            f"expected one per layer ({layers}); prefix tuning knows BERT/RoBERTa-style and Llama-style attention "
+            "(MPNet's relative-position attention is not one of them: use `adapter` or `lora` on that backbone)"
         )
     _register_attention()
     try:

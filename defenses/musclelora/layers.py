@@ -66,14 +66,14 @@ def pre_classifier_path(model: Any, model_type: str) -> str:
     """Dotted path of the dense layer right before the classifier."""
     if model_type in ("bert",):
         suffix = "pooler.dense"
-    elif model_type in ("roberta", "xlm-roberta"):
+    elif model_type in ("roberta", "xlm-roberta", "mpnet"):  # MPNet's head is RoBERTa's: dense, tanh, out_proj
         suffix = "classifier.dense"
     elif model_type in DECODER_TYPES:
         suffix = "score.dense"
     else:
         raise BackboneError(
-            f"no pre-classifier layer known for architecture {model_type!r} (known: bert, roberta and "
-            "decoder LLMs); add it to bench.models.adapters.pre_classifier_path"
+            f"no pre-classifier layer known for architecture {model_type!r} (known: bert, roberta, mpnet "
+            "and decoder LLMs); add it to bench.models.adapters.pre_classifier_path"
         )
     for name, module in model.named_modules():
         if name.endswith(suffix) and isinstance(module, torch.nn.Linear):
