@@ -543,6 +543,29 @@ def table_seeds(
     typer.echo(text)
 
 
+@table_app.command("curve")
+def table_curve(
+    folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard.csv."),
+    dataset: str = typer.Argument(..., metavar="DATASET"),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Also draw the curve into this PNG."),
+) -> None:
+    """The defender-knowledge curve: CACC / ASR per attack x defense against the clean rows used (issue 25).
+
+    Cells from benchmarks/knowledge_curve.sh (each defense's budget swept at one profile.clean_size)."""
+    from .reporting.tables.curve import plot as draw
+    from .reporting.tables.curve import table
+
+    try:
+        text = table(folder, dataset)
+        if plot is not None:
+            draw(folder, dataset, plot)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+    if plot is not None:
+        typer.echo(f"plot: {plot}")
+
+
 @table_app.command("grid")
 def table_grid(
     folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard.csv."),

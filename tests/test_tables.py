@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
+from bench.errors import BenchError
 from bench.reporting.tables import matrix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +55,31 @@ def test_seeds_splits_an_attack_held_at_two_settings_and_compares_within_each():
     assert row.split("|")[8].strip() == want
     r = runner.invoke(app, ["table", "seeds", str(folder), "sst2", "no-such-attack"])
     assert r.exit_code != 0 and "no cell of attack 'no-such-attack'" in r.output
+
+
+def test_the_knowledge_curve_puts_each_budget_in_its_column_and_draws_it(toy_dir, tmp_path):
+    """A tiny curve: `none` (no clean row) and `clean-only` at two budgets, two seeds, through `bench table curve`."""
+    from bench.engine.grid import run_grid
+    from bench.engine.profiles import get_profile
+    from bench.models.victim import VictimStore
+    from bench.reporting.tables.curve import curve_frame, plot, table
+    from bench.runner import plan
+
+    prof = get_profile("smoke", {"epochs": "1", "train_size": "64", "clean_size": "32"})
+    regime = {"badnets": {"label_regime": "mixed"}}
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none"], [1, 2], prof, regime)
+    for n in (8, 32):
+        cells += plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["clean-only"], [1, 2], prof,
+                      {**regime, "clean-only": {"n_clean": n}})
+    out = tmp_path / "curve"
+    run_grid(cells, out, progress=False, store=VictimStore(tmp_path / "victims"))
+    frame = curve_frame(out, "toy")
+    got = {(r.defense, r.budget): r.n_seeds for r in frame.itertuples()}
+    assert got == {("none", 0): 2, ("clean-only", 8): 2, ("clean-only", 32): 2}
+    assert frame.setting.nunique() == 1  # the budget knob is the defense's own setting: one curve, not three
+    text = table(out, "toy")
+    assert "| 0 rows | 8 rows | 32 rows |" in text and "| badnets | `clean-only` |  |" in text
+    png = plot(out, "toy", tmp_path / "curve.png")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(BenchError, match="no cell of dataset 'sst2'.*it holds: toy"):
+        table(out, "sst2")
