@@ -551,7 +551,7 @@ def table_curve(
 ) -> None:
     """The defender-knowledge curve: CACC / ASR per attack x defense against the clean rows used (issue 25).
 
-    Cells from benchmarks/knowledge_curve.sh (each defense's budget swept at one profile.clean_size)."""
+    Cells from benchmarks/gpu/gpu_knowledge.sh (each defense's budget swept at one profile.clean_size)."""
     from .reporting.tables.curve import plot as draw
     from .reporting.tables.curve import table
 

@@ -5,7 +5,7 @@ it used (`n_clean_used` of its records), per attack, mean ± the 95 % Student-t 
 
 A budget is whatever the records say the defense used: `clean-only.n_clean`, `none+clean.n_clean`,
 `distill.n_clean` or `musclelora.reference_size` swept at one fixed `profile.clean_size`
-(benchmarks/knowledge_curve.sh), so every point of a curve chose its model on the same clean dev rows.
+(benchmarks/gpu/gpu_knowledge.sh), so every point of a curve chose its model on the same clean dev rows.
 `none` uses no clean row and is drawn as a flat reference line. A folder whose cells of an attack differ in
 a setting other than the defenses' own (their budget knobs) gets one block per setting, as in
 `bench table seeds`: points are only ever joined within one setting.
