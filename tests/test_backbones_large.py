@@ -10,9 +10,8 @@ import torch
 
 from bench import registry
 from bench.engine.profiles import get_profile
-from bench.models.backbones import BackboneError
 from bench.models.archives import ArchiveError, SplitArchive
-from bench.models.backbones import MPNET_ARCHIVE, QWEN_ARCHIVE, MPNetBase, resolve_backbone
+from bench.models.backbones import MPNET_ARCHIVE, QWEN_ARCHIVE, BackboneError, MPNetBase, resolve_backbone
 from bench.models.victim import VictimStore
 from bench.runner import DataCache, plan, run_cell
 

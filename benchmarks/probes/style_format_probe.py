@@ -84,12 +84,9 @@ def main(argv: list[str] | None = None) -> str:
         cell = plan(["sst2"], [args.backbone], ["style"], ["none"], [seed], prof)[0]
         prep = prepare(cell, data)
         p = prep.poisoned
-        flags = np.asarray(p.train["poisoned"]) == 1 if "poisoned" in p.train.column_names else None
-        train_texts = list(p.train["text"])
-        marks = {"clean_training_rows": surface([t for t, f in zip(train_texts, flags) if not f]) if flags is not None
-                 else None,
-                 "poisoned_training_rows": surface([t for t, f in zip(train_texts, flags) if f]) if flags is not None
-                 else None}
+        flags = np.asarray(p.train["poisoned"]) == 1  # the style attack knows its poisoned rows (an analysis, not a defense)
+        texts = np.asarray(p.train["text"], dtype=object)
+        marks = {"clean_training_rows": surface(list(texts[~flags])), "poisoned_training_rows": surface(list(texts[flags]))}
         ctx = ev.context(cell, prep)
         victim, _ = ev.victim(cell, prep, None, ctx)
         target = p.target_label

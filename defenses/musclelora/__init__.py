@@ -48,7 +48,7 @@ class MuscleLoRAConfig(TrainingSchedule):  # + learning_rate, epochs (None: the 
     lora_alpha: int | None = None  # 32 (8 for decoder LLMs)
     lora_dropout: float = 0.0
     use_mslr: bool = True
-    scales: tuple[float, ...] | None = None  # None: bench.models.adapters.default_scales
+    scales: tuple[float, ...] | None = None  # None: defenses.musclelora.layers.default_scales
     mslr_rank: int = 1
     mslr_alpha: float | None = None  # 6 (4 for decoder LLMs)
     decoder_head_hidden: int = 16

@@ -73,7 +73,7 @@ def pre_classifier_path(model: Any, model_type: str) -> str:
     else:
         raise BackboneError(
             f"no pre-classifier layer known for architecture {model_type!r} (known: bert, roberta, mpnet "
-            "and decoder LLMs); add it to bench.models.adapters.pre_classifier_path"
+            "and decoder LLMs); add it to defenses.musclelora.layers.pre_classifier_path"
         )
     for name, module in model.named_modules():
         if name.endswith(suffix) and isinstance(module, torch.nn.Linear):

@@ -13,6 +13,7 @@ a setting other than the defenses' own (their budget knobs) gets one block per s
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -110,12 +111,9 @@ def plot(folder: Path, dataset: str, path: Path) -> Path:
             if i == 1:
                 ax.set_xlabel("clean rows used")
     axes[0][0].legend(fontsize=8)
-    import textwrap
-
     fig.suptitle("\n".join(textwrap.wrap(f"{dataset}: clean budget; {settings[0]}", 90)), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
