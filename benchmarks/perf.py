@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -54,6 +53,7 @@ import torch
 from bench.defense import Defense, StepState
 from bench.engine.profiles import get_profile
 from bench.models.backbones import CACHE_ENV, resolve_backbone
+from bench.models.hardware import cpu_identity
 from bench.models.hardware import configure_threads
 from bench.models.seeding import torch_seeded
 from bench.reporting.results import git_state, provenance, write_json_atomic
@@ -84,24 +84,14 @@ def loadavg() -> dict:
 
 
 def cpu_info() -> dict:
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    ident = cpu_identity()
     try:
         bf16_mkldnn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         bf16_mkldnn = None
     return {
-        "model": model,
-        "flags_of_interest": {f: f in flags for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
-                                                     "amx_bf16", "amx_tile", "avx_vnni")},
+        "model": ident["cpu_model"],
+        "flags_of_interest": ident["cpu_flags"] or {},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn_bf16_supported": bf16_mkldnn,
     }

@@ -43,6 +43,20 @@ rows and a one-sided binomial test rejects the clean share at ``token_alpha`` (B
 in >= 3 training rows). Every training row holding a shifted word is dropped before the student sees
 it; the class test then runs on the rows kept. A trigger that is not a word (a syntax or a style) is not
 seen by this guard.
+
+Version 4 (``label_trust="trim"``, the default) closes the hole version 3 measured under style and
+syntactic poison (ASR 48.9 and 63.6): the class test flagged the target class in 1 of 6 seeds, since
+about 75 flipped rows among about 700 are too few for a per-class test at three sigma, and in the
+unflagged seeds every flipped row kept its label (the one flagged seed gave ASR 24.0, near the
+untriggered rate). The evidence is per row, so the decision is too: in every class ``c`` that the test
+does not flag, the teacher disagrees with ``k`` of the ``n`` rows labelled ``c``; at most ``n * e_low``
+of them are the teacher's own mistakes, where ``e_low`` is the one-sided ``trim_alpha`` lower
+Clopper-Pearson bound of its error on the selection rows of class ``c``. The excess
+``k - n * e_low`` disagreeing rows whose label the teacher finds least likely keep the teacher's target;
+the rest keep their label, as in version 2. A flagged class still keeps no disagreeing label. Clean
+classes lose the labels of a few hard rows (the bound's margin); a class that received flipped rows
+loses about as many labels as it received, the ones the teacher contradicts most, which are where a
+content-preserving trigger's flipped rows sit (their content is another class).
 """
 
 from __future__ import annotations
@@ -68,8 +82,11 @@ class DistillConfig:
     label_weight: float = 0.0  # weight of the rows' own labels (cross-entropy) against the teacher's targets
     # "class-excess" (version 2): a row's label replaces the teacher's target where the teacher disagrees
     # with it and the label's class shows no excess of disagreement (z <= z_bar); "none": version 1
-    label_trust: str = "class-excess"
+    # "trim" (version 4): as class-excess, and in the classes it trusts the excess of disagreements over
+    # the teacher's error (its trim_alpha lower bound) keeps the teacher's target, least likely labels first
+    label_trust: str = "trim"
     z_bar: float = 3.0
+    trim_alpha: float = 0.05
     # version 3: drop the training rows holding a word far more frequent there than in the clean rows
     token_guard: bool = True
     token_ratio: float = 5.0
@@ -88,13 +105,15 @@ class DistillConfig:
                               "(e.g. --set distill.label_trust=none for version 1)")
         if not self.z_bar > 0:
             raise ConfigError(f"distill.z_bar={self.z_bar}: a z-score bar > 0 (e.g. 3.0)")
+        if not 0 < self.trim_alpha < 1:
+            raise ConfigError(f"distill.trim_alpha={self.trim_alpha}: a test level in (0, 1) (e.g. 0.05)")
         if not self.token_ratio >= 1:
             raise ConfigError(f"distill.token_ratio={self.token_ratio}: a frequency ratio >= 1 (e.g. 5.0)")
         if not 0 < self.token_alpha < 1:
             raise ConfigError(f"distill.token_alpha={self.token_alpha}: a test level in (0, 1) (e.g. 0.01)")
 
 
-LABEL_TRUST = ("class-excess", "none")
+LABEL_TRUST = ("trim", "class-excess", "none")
 
 
 def _words(text: str) -> set[str]:
@@ -144,13 +163,38 @@ def excess_disagreement(train_pred: np.ndarray, train_label: np.ndarray, clean_p
     return out
 
 
+def trim_thresholds(train_p_label: np.ndarray, train_pred: np.ndarray, train_label: np.ndarray,
+                    clean_pred: np.ndarray, clean_label: np.ndarray, num_labels: int,
+                    alpha: float = 0.05) -> list[dict]:
+    """Per class ``c``: the teacher's probability of the label (``tau``) below which a disagreeing
+    training row labelled ``c`` keeps the teacher's target. The teacher disagrees with ``k`` of the
+    ``n`` rows labelled ``c``; its own mistakes account for at most ``n * e_low`` of them (``e_low``:
+    the one-sided ``alpha`` lower Clopper-Pearson bound of its error on clean rows of ``c``); the
+    ``excess = k - ceil(n * e_low)`` disagreeing rows with the lowest ``train_p_label`` are distrusted.
+    ``tau`` is -inf where nothing is in excess and +inf where every disagreeing row is."""
+    from scipy.stats import beta
+
+    out = []
+    for c in range(num_labels):
+        in_c = train_label == c
+        n, m = int(in_c.sum()), int((clean_label == c).sum())
+        k_clean = int(((clean_pred != c) & (clean_label == c)).sum())
+        e_low = float(beta.ppf(alpha, k_clean, m - k_clean + 1)) if k_clean > 0 else 0.0
+        p = np.sort(train_p_label[in_c & (train_pred != c)])
+        excess = max(0, len(p) - int(np.ceil(n * e_low)))
+        tau = -np.inf if excess == 0 else (np.inf if excess >= len(p) else float(p[excess]))
+        out.append({"label": c, "n_train": n, "disagree": len(p), "error_low": round(e_low, 4),
+                    "distrusted": excess, "tau": tau})
+    return out
+
+
 @register("defense", "distill")
 class Distill(Defense):
     """Clean-teacher distillation: a teacher fine-tuned on the clean rows gives every training row its
     target, a label only where the teacher and class test trust it; rows with shifted words dropped."""
 
     Config = DistillConfig
-    version = 3  # defaults changed (v2: label_trust="class-excess"; v3: token_guard): old records keyed apart
+    version = 4  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"): old records keyed apart
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
         """The teacher is trained here (the training set's size sets its step count); with
@@ -171,24 +215,39 @@ class Distill(Defense):
             bad = {r["word"] for r in shifted}
             keep = np.array([not (_words(t) & bad) for t in texts], dtype=bool)
             ctx.log(shifted_words=shifted[:20], n_shifted_words=len(shifted), rows_dropped=int((~keep).sum()))
-        self._trusted = torch.zeros(ctx.num_labels, dtype=torch.bool)
-        if c.label_trust == "class-excess":
-            self._trusted = self._trusted_classes(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx)
+        # tau[c]: a disagreeing row labelled c keeps its label where the teacher gives it >= tau[c]
+        self._tau = torch.full((ctx.num_labels,), float("inf"))
+        if c.label_trust != "none":
+            self._tau = self._label_thresholds(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx)
         return keep
 
     def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
         """The clean rows the teacher learnt from join the student's data."""
         return self._clean_rows
 
-    def _trusted_classes(self, train: datasets.Dataset, ctx: DefenseContext) -> torch.Tensor:
-        """The classes whose labels the student may take where the teacher disagrees (no excess)."""
+    def _label_thresholds(self, train: datasets.Dataset, ctx: DefenseContext) -> torch.Tensor:
+        """Per class, the teacher probability of the label from which a disagreeing row keeps its label:
+        -inf in a trusted class (version 2), +inf in a flagged one, the trimmed excess's bound (v4)."""
         sel = ctx.selection
-        per_class = excess_disagreement(
-            self._teacher.predict(list(train["text"])), np.asarray(train["label"]),
-            self._teacher.predict(list(sel["text"])), np.asarray(sel["label"]), ctx.num_labels)
-        trusted = [row["z"] <= self.config.z_bar for row in per_class]
-        ctx.log(label_trust=per_class, classes_flagged=[r["label"] for r, t in zip(per_class, trusted) if not t])
-        return torch.tensor(trusted, dtype=torch.bool)
+        train_label = np.asarray(train["label"])
+        logits = torch.as_tensor(np.asarray(self._teacher.logits(list(train["text"]))), dtype=torch.float32)
+        train_pred = logits.argmax(-1).numpy()
+        clean_label = np.asarray(sel["label"])
+        clean_pred = np.asarray(self._teacher.logits(list(sel["text"]))).argmax(-1)
+        per_class = excess_disagreement(train_pred, train_label, clean_pred, clean_label, ctx.num_labels)
+        flagged = [r["label"] for r in per_class if r["z"] > self.config.z_bar]
+        tau = [float("inf") if cl in flagged else -float("inf") for cl in range(ctx.num_labels)]
+        log = {"label_trust": per_class, "classes_flagged": flagged}
+        if self.config.label_trust == "trim":
+            p_label = logits.softmax(-1)[torch.arange(len(train_label)), torch.as_tensor(train_label)].numpy()
+            trim = trim_thresholds(p_label, train_pred, train_label, clean_pred, clean_label, ctx.num_labels,
+                                   self.config.trim_alpha)
+            tau = [t if cl in flagged else r["tau"] for cl, (t, r) in enumerate(zip(tau, trim))]
+            log["label_trim"] = trim
+            log["labels_distrusted"] = int(sum(r["disagree"] if r["label"] in flagged else r["distrusted"]
+                                               for r in trim))
+        ctx.log(**log)
+        return torch.tensor(tau, dtype=torch.float32)
 
     def backward(self, state: StepState) -> float:
         batch = state.batch
@@ -205,8 +264,11 @@ class Distill(Defense):
         ce = F.cross_entropy(s, y, reduction="none")
         per_row = (1.0 - c.label_weight) * kl + c.label_weight * ce
         agree = t.argmax(-1) == y
-        # version 2: the label replaces the teacher where they disagree and the label's class is trusted
-        on_label = ~agree & getattr(self, "_trusted", torch.zeros(s.shape[-1], dtype=torch.bool)).to(y.device)[y]
+        # the label replaces the teacher where they disagree and the teacher gives the label at least
+        # tau[label] (v2: -inf in a trusted class, +inf in a flagged one; v4: the trimmed excess's bound)
+        tau = getattr(self, "_tau", torch.full((s.shape[-1],), float("inf"))).to(y.device)
+        p_label = t.softmax(-1).gather(-1, y[:, None])[:, 0]
+        on_label = ~agree & (p_label >= tau[y])
         loss = torch.where(on_label, ce, per_row).mean()
         loss.backward()
         stats = state.memory.setdefault("stats", {})

@@ -1,6 +1,7 @@
 """The CLI through typer's test runner, and one end-to-end run on a tiny backbone."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -87,6 +88,10 @@ def test_end_to_end_leaderboard_resume_and_compare(toy_dir, tmp_path):
     assert rec["provenance"]["packages"]["torch"] and rec["provenance"]["wall_seconds"] > 0
     assert rec["provenance"]["command"].startswith("bench run")
     assert rec["config"]["dataset"]["fingerprint"]
+    # timings are tied to the CPU that gave them (bf16 is emulated without avx512_bf16/AMX)
+    cpu = rec["provenance"]["machine"]
+    if Path("/proc/cpuinfo").exists():
+        assert cpu["cpu_model"] and set(cpu["cpu_flags"]) >= {"avx2", "avx512_bf16", "amx_bf16"}
 
     # an interrupted or repeated run resumes: nothing is recomputed
     r = invoke(*args)

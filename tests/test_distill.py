@@ -69,7 +69,7 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
 
 
 @pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5},
-                                 {"label_trust": "labels"}, {"z_bar": 0.0},
+                                 {"label_trust": "labels"}, {"z_bar": 0.0}, {"trim_alpha": 0.0},
                                  {"token_ratio": 0.5}, {"token_alpha": 1.0}])
 def test_bad_settings_name_the_fix(bad):
     with pytest.raises(ConfigError, match="distill"):
@@ -96,8 +96,9 @@ def test_excess_disagreement_flags_the_class_that_received_flipped_labels():
     assert z[1] > 3 and z[0] <= 3
 
 
-@pytest.mark.parametrize("trusted,same", [([False, False], True), ([True, True], False)])
-def test_a_disagreeing_rows_label_reaches_the_student_only_in_a_trusted_class(trusted, same):
+@pytest.mark.parametrize("tau,same", [([float("inf")] * 2, True), ([-float("inf")] * 2, False),
+                                      ([1.01, 1.01], True), ([0.0, 0.0], False)])
+def test_a_disagreeing_rows_label_reaches_the_student_only_above_its_class_threshold(tau, same):
     loaded = resolve_backbone("tiny-bert").load(2, seed=1)
     loaded.model.eval()
     teacher = copy.deepcopy(loaded.model).eval()
@@ -106,7 +107,7 @@ def test_a_disagreeing_rows_label_reaches_the_student_only_in_a_trusted_class(tr
             p.add_(0.05 * torch.randn_like(p))
     d = Distill(DistillConfig())
     d._teacher = SimpleNamespace(model=teacher)
-    d._trusted = torch.tensor(trusted)
+    d._tau = torch.tensor(tau)
     g = _grads(d, loaded.model, _batch(loaded.tokenizer, [0, 1, 1, 0]))
     g_flipped = _grads(d, loaded.model, _batch(loaded.tokenizer, [1, 0, 0, 1]))
     # flipping every label makes every row disagree with the teacher in one of the two passes
@@ -123,8 +124,8 @@ def test_version_2_reads_the_teacher_on_the_training_and_selection_rows_and_logs
         model = torch.nn.Linear(1, 1)
         info = {"dev_acc": 1.0}
 
-        def predict(self, texts):  # reads the content: "good" is 1, everything else 0
-            return np.array([int(t.startswith("good")) for t in texts])
+        def logits(self, texts):  # reads the content: "good" is 1, everything else 0
+            return np.array([[0.0, 4.0] if t.startswith("good") else [4.0, 0.0] for t in texts])
 
     class Ctx:
         num_labels = 2
@@ -142,15 +143,17 @@ def test_version_2_reads_the_teacher_on_the_training_and_selection_rows_and_logs
     # 200 rows, 60 "bad" rows relabelled 1 (dirty-label poison into class 1)
     texts = ["good"] * 100 + ["bad"] * 100
     labels = [1] * 100 + [1] * 60 + [0] * 40
-    d = Distill()
-    d.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
-    d.add_train(Ctx())
-    assert logged["classes_flagged"] == [1]
-    assert d._trusted.tolist() == [True, False]
+    for trust in ("class-excess", "trim"):
+        d = Distill(DistillConfig(label_trust=trust))
+        d.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
+        d.add_train(Ctx())
+        assert logged["classes_flagged"] == [1]
+        # class 0: nothing to distrust (-inf, every label kept); the flagged class 1 keeps none (+inf)
+        assert d._tau.tolist() == [-float("inf"), float("inf")]
     d1 = Distill(DistillConfig(label_trust="none"))
     d1.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
     d1.add_train(Ctx())
-    assert d1._trusted.tolist() == [False, False]  # version 1: no label is ever taken
+    assert d1._tau.tolist() == [float("inf")] * 2  # version 1: no label is ever taken
 
 
 def test_the_token_guard_finds_an_inserted_word_and_drops_its_rows_only():
@@ -171,8 +174,8 @@ def test_the_token_guard_finds_an_inserted_word_and_drops_its_rows_only():
         model = torch.nn.Linear(1, 1)
         info = {}
 
-        def predict(self, texts):
-            return np.zeros(len(texts), dtype=int)
+        def logits(self, texts):
+            return np.tile([[1.0, 0.0]], (len(texts), 1))
 
     class Ctx:
         num_labels = 2
@@ -191,3 +194,34 @@ def test_the_token_guard_finds_an_inserted_word_and_drops_its_rows_only():
     keep = Distill().select_train(rows, Ctx())
     assert (~keep).sum() == 150 and not keep[::10].any()
     assert Distill(DistillConfig(token_guard=False)).select_train(rows, Ctx()) is None
+
+
+def test_trimming_distrusts_about_as_many_labels_as_were_flipped_and_those_the_teacher_contradicts():
+    """Version 4: too few flipped rows for the class test (z < 3), found row by row instead. Its premise:
+    the teacher is unsure where it errs and sure of a flipped row's content."""
+    import numpy as np
+
+    from defenses.distill import excess_disagreement, trim_thresholds
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 2, 1500)
+    right = rng.random(1500) < 0.8  # a teacher with 20 % error
+    pred = np.where(right, true, 1 - true)
+    p_true = np.where(right, rng.uniform(0.8, 1.0, 1500), rng.uniform(0.2, 0.5, 1500))
+    clean_true = rng.integers(0, 2, 500)
+    clean_pred = np.where(rng.random(500) < 0.8, clean_true, 1 - clean_true)
+    flipped = np.flatnonzero((true == 0) & right)[:50]  # 50 confidently read class-0 rows relabelled 1
+    label = true.copy()
+    label[flipped] = 1
+    p_label = np.where(label == true, p_true, 1 - p_true)
+    assert all(r["z"] <= 3 for r in excess_disagreement(pred, label, clean_pred, clean_true, 2))
+    trim = {r["label"]: r for r in trim_thresholds(p_label, pred, label, clean_pred, clean_true, 2)}
+    tau = np.array([trim[0]["tau"], trim[1]["tau"]])
+    distrusted = (pred != label) & (p_label < tau[label])
+    assert distrusted[flipped].all()  # the flipped rows lose their labels
+    assert not distrusted[pred == label].any()  # a label the teacher agrees with is never distrusted
+    clean = {r["label"]: r for r in trim_thresholds(p_true, pred, true, clean_pred, clean_true, 2)}
+    # the flipped rows' class distrusts about 50 more labels than it does with clean labels
+    assert 35 <= trim[1]["distrusted"] - clean[1]["distrusted"] <= 65
+    assert abs(trim[0]["distrusted"] - clean[0]["distrusted"]) <= 10  # class 0 only lost 50 rows it agreed with
+    assert clean[1]["distrusted"] < 0.5 * clean[1]["disagree"]  # a clean class keeps most hard labels

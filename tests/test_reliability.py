@@ -233,6 +233,23 @@ def test_thread_count_respects_the_environment_and_affinity(monkeypatch):
     assert hardware.thread_count()[0] == 2
 
 
+def test_records_carry_the_cpu_model_and_its_bf16_flags(monkeypatch):
+    """Timings from sessions on different CPUs (bf16 emulated without avx512_bf16/AMX) must be told apart."""
+    from bench.models import hardware
+    from bench.reporting.results import machine
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n"
+    monkeypatch.setattr(hardware.Path, "read_text", lambda self: cpuinfo)
+    m = machine()
+    assert m["cpu_model"] == "Test CPU 9000"
+    assert m["cpu_flags"]["avx512_bf16"] is True and m["cpu_flags"]["amx_bf16"] is False
+
+    def absent(self):
+        raise OSError("no /proc here")
+    monkeypatch.setattr(hardware.Path, "read_text", absent)
+    assert hardware.cpu_identity()["cpu_flags"] is None  # unknown, not "has none"
+
+
 def test_the_thread_count_is_decided_per_cell_and_says_how_to_fix_it(toy_dir, tmp_path, monkeypatch, capsys):
     """Issue 23: a run started while another job was busy kept one thread after that job ended."""
     import torch

@@ -28,6 +28,29 @@ def available_cores() -> int:
     return max(1, n)
 
 
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+def cpu_identity() -> dict:
+    """The CPU's model name and which of :data:`CPU_FLAGS_OF_INTEREST` it has (``/proc/cpuinfo``; the
+    flags are ``None`` where that file is absent). Timings depend on them: without avx512_bf16 or AMX,
+    bf16 matmuls are emulated and far slower, and the CPU model differs between sessions of one machine
+    name, so every record carries them beside its wall time."""
+    import platform
+
+    model, flags = platform.processor() or None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and (model is None or model == platform.processor()):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu_model": model,
+            "cpu_flags": None if flags is None else {f: f in flags for f in CPU_FLAGS_OF_INTEREST}}
+
+
 def busy_elsewhere(samples: int = 5, interval: float = 0.02) -> float:
     """Processes running right now besides this one: the fewest runnable tasks seen over a few samples
     of ``/proc/loadavg`` (an instantaneous count, unlike the lagging load average), minus ourselves."""

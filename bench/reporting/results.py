@@ -80,10 +80,11 @@ def package_versions() -> dict:
 def machine() -> dict:
     import torch
 
-    from ..models.hardware import available_cores
+    from ..models.hardware import available_cores, cpu_identity
 
     return {
         "platform": platform.platform(),
+        **cpu_identity(),
         "cpu_count": os.cpu_count(),
         "available_cores": available_cores(),
         "torch_threads": torch.get_num_threads(),
