@@ -57,22 +57,6 @@ the rest keep their label, as in version 2. A flagged class still keeps no disag
 classes lose the labels of a few hard rows (the bound's margin); a class that received flipped rows
 loses about as many labels as it received, the ones the teacher contradicts most, which are where a
 content-preserving trigger's flipped rows sit (their content is another class).
-
-Version 5 (``shift_guard=True``, the default) generalises version 3's word guard to triggers that are not
-words. Version 4 left the style backdoor (ASR 44-52): its probe (benchmarks/probes/distill_trust_probe.py)
-found the teacher agrees with 26 of 67 flipped Bible-style rows, and under the mixed regime half the
-poison keeps true target labels, so the student meets about 120 styled rows with target-leaning targets
-and learns the style. The remedy is not in the labels but in the rows: the clean rows are a sample of
-the training set's distribution, so wherever the training rows crowd together with no clean row among
-them, something was put there. In a frozen copy of the backbone (the pretrained weights, no label seen)
-every training and clean row gets its pooled last-layer state; a row's score is the share of training
-rows among its ``shift_k`` nearest other rows (cosine). Clean rows and honest training rows score
-alike (about the training rows' share of the pool, 80 % under the cpu profile); a training row whose
-score exceeds the ``1 - shift_alpha`` quantile of the clean rows' scores is dropped. On a clean training
-set that drops about ``shift_alpha`` of it (5 %, fewer where the score's steps are coarse); poison that
-clusters apart in the frozen backbone (a style, a syntax template) has only poison for neighbours and
-goes. What it cannot see: poison a pretrained encoder places among clean text, and poison rarer than
-about ``shift_k`` rows, which cannot fill a neighbourhood by itself.
 """
 
 from __future__ import annotations
@@ -107,11 +91,6 @@ class DistillConfig:
     token_guard: bool = True
     token_ratio: float = 5.0
     token_alpha: float = 0.01
-    # version 5: drop the training rows whose nearest neighbours (frozen pretrained states) are training
-    # rows more often than the clean rows' 1 - shift_alpha quantile
-    shift_guard: bool = True
-    shift_alpha: float = 0.05
-    shift_k: int = 20
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -128,10 +107,6 @@ class DistillConfig:
             raise ConfigError(f"distill.z_bar={self.z_bar}: a z-score bar > 0 (e.g. 3.0)")
         if not 0 < self.trim_alpha < 1:
             raise ConfigError(f"distill.trim_alpha={self.trim_alpha}: a test level in (0, 1) (e.g. 0.05)")
-        if not 0 < self.shift_alpha < 1:
-            raise ConfigError(f"distill.shift_alpha={self.shift_alpha}: a share of clean rows in (0, 1) (e.g. 0.05)")
-        if self.shift_k < 1:
-            raise ConfigError(f"distill.shift_k={self.shift_k}: a neighbour count >= 1 (e.g. 20)")
         if not self.token_ratio >= 1:
             raise ConfigError(f"distill.token_ratio={self.token_ratio}: a frequency ratio >= 1 (e.g. 5.0)")
         if not 0 < self.token_alpha < 1:
@@ -167,29 +142,6 @@ def shifted_words(train_texts: list[str], clean_texts: list[str], ratio: float =
                 out.append({"word": w, "train_rows": x, "clean_rows": df_clean[w], "ratio": round(share / p0, 2),
                             "p": pval})
     return sorted(out, key=lambda r: -r["ratio"])
-
-
-def shifted_rows(train_x: np.ndarray, clean_x: np.ndarray, alpha: float = 0.05, k: int = 20,
-                 chunk: int = 2048) -> tuple[np.ndarray, dict]:
-    """(a flag per training row, what was measured). Each row of the pooled training and clean rows
-    scores the share of training rows among its ``k`` nearest other rows (cosine); a training row is
-    flagged when its score exceeds the ``1 - alpha`` quantile of the clean rows' scores. The clean rows
-    are a sample of the training distribution, so both score alike except where rows were added that
-    cluster apart from every clean row (a style, a template, a word): their neighbours are each other."""
-    x = np.concatenate([train_x, clean_x]).astype(np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    is_train = np.arange(len(x)) < len(train_x)
-    k = min(k, len(x) - 1)
-    score = np.zeros(len(x))
-    for start in range(0, len(x), chunk):
-        sim = x[start:start + chunk] @ x.T
-        sim[np.arange(len(sim)), np.arange(start, start + len(sim))] = -np.inf  # not its own neighbour
-        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        score[start:start + len(sim)] = is_train[nearest].mean(1)
-    bar = float(np.quantile(score[~is_train], 1 - alpha))
-    flagged = score[is_train] > bar
-    return flagged, {"k": k, "bar": round(bar, 4), "train_share": round(float(is_train.mean()), 4),
-                     "rows_flagged": int(flagged.sum()), "share_flagged": round(float(flagged.mean()), 4)}
 
 
 def excess_disagreement(train_pred: np.ndarray, train_label: np.ndarray, clean_pred: np.ndarray,
@@ -242,12 +194,11 @@ class Distill(Defense):
     target, a label only where the teacher and class test trust it; rows with shifted words dropped."""
 
     Config = DistillConfig
-    version = 5  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"; v5: shift_guard)
+    version = 4  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"): old records keyed apart
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
         """The teacher is trained here (the training set's size sets its step count); with
-        ``token_guard`` the rows holding a shifted word are dropped, with ``shift_guard`` the rows a
-        training-vs-clean classifier singles out; the label thresholds read the rows kept."""
+        ``token_guard`` the rows holding a shifted word are dropped, and the class test reads the rest."""
         c = self.config
         clean = ctx.clean(c.n_clean)  # a fresh instance per cell: nothing here reaches another cell
         copies = max(1, round(len(rows) / max(1, len(clean))))
@@ -264,28 +215,11 @@ class Distill(Defense):
             bad = {r["word"] for r in shifted}
             keep = np.array([not (_words(t) & bad) for t in texts], dtype=bool)
             ctx.log(shifted_words=shifted[:20], n_shifted_words=len(shifted), rows_dropped=int((~keep).sum()))
-        if c.shift_guard:
-            if min(len(rows), len(clean)) < 2:
-                ctx.log(shift_guard="skipped: fewer than 2 training or clean rows")
-            else:
-                train_x, clean_x = self._frozen_states([list(rows["text"]), list(clean["text"])], ctx)
-                flagged, measured = shifted_rows(train_x, clean_x, c.shift_alpha, c.shift_k)
-                keep = ~flagged if keep is None else keep & ~flagged
-                ctx.log(shift_guard=measured, rows_dropped_total=int((~keep).sum()))
         # tau[c]: a disagreeing row labelled c keeps its label where the teacher gives it >= tau[c]
         self._tau = torch.full((ctx.num_labels,), float("inf"))
         if c.label_trust != "none":
             self._tau = self._label_thresholds(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx)
         return keep
-
-    @staticmethod
-    def _frozen_states(text_sets: list[list[str]], ctx: DefenseContext) -> list[np.ndarray]:
-        """Pooled last-layer states of the pretrained backbone (a fresh copy no label has reached), per set."""
-        from bench.models.victim import Victim
-
-        loaded = ctx.backbone()
-        frozen = Victim(loaded.model.to(ctx.device), loaded.tokenizer, ctx.profile, ctx.device)
-        return [frozen.hidden_states(texts) for texts in text_sets]
 
     def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
         """The clean rows the teacher learnt from join the student's data."""

@@ -58,7 +58,7 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
         def log(self, **kw):
             seen.update(kw)
 
-    d = Distill(DistillConfig(label_trust="none", token_guard=False, shift_guard=False))  # version 1: the teacher alone
+    d = Distill(DistillConfig(label_trust="none", token_guard=False))  # version 1: the teacher alone
     poisoned = datasets.Dataset.from_dict({"text": [f"row {i} cf" for i in range(12)], "label": [1] * 12})
     assert d.select_train(poisoned, Ctx()) is None  # no row dropped: the poisoned texts are the student's data
     added = d.add_train(Ctx())
@@ -70,7 +70,6 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
 
 @pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5},
                                  {"label_trust": "labels"}, {"z_bar": 0.0}, {"trim_alpha": 0.0},
-                                 {"shift_alpha": 0.0}, {"shift_k": 0},
                                  {"token_ratio": 0.5}, {"token_alpha": 1.0}])
 def test_bad_settings_name_the_fix(bad):
     with pytest.raises(ConfigError, match="distill"):
@@ -145,13 +144,13 @@ def test_version_2_reads_the_teacher_on_the_training_and_selection_rows_and_logs
     texts = ["good"] * 100 + ["bad"] * 100
     labels = [1] * 100 + [1] * 60 + [0] * 40
     for trust in ("class-excess", "trim"):
-        d = Distill(DistillConfig(label_trust=trust, shift_guard=False))
+        d = Distill(DistillConfig(label_trust=trust))
         d.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
         d.add_train(Ctx())
         assert logged["classes_flagged"] == [1]
         # class 0: nothing to distrust (-inf, every label kept); the flagged class 1 keeps none (+inf)
         assert d._tau.tolist() == [-float("inf"), float("inf")]
-    d1 = Distill(DistillConfig(label_trust="none", shift_guard=False))
+    d1 = Distill(DistillConfig(label_trust="none"))
     d1.select_train(datasets.Dataset.from_dict({"text": texts, "label": labels}), Ctx())
     d1.add_train(Ctx())
     assert d1._tau.tolist() == [float("inf")] * 2  # version 1: no label is ever taken
@@ -192,9 +191,9 @@ def test_the_token_guard_finds_an_inserted_word_and_drops_its_rows_only():
             pass
 
     rows = datasets.Dataset.from_dict({"text": poisoned, "label": [1] * 1500})
-    keep = Distill(DistillConfig(shift_guard=False)).select_train(rows, Ctx())
+    keep = Distill().select_train(rows, Ctx())
     assert (~keep).sum() == 150 and not keep[::10].any()
-    assert Distill(DistillConfig(token_guard=False, shift_guard=False)).select_train(rows, Ctx()) is None
+    assert Distill(DistillConfig(token_guard=False)).select_train(rows, Ctx()) is None
 
 
 def test_trimming_distrusts_about_as_many_labels_as_were_flipped_and_those_the_teacher_contradicts():
@@ -226,69 +225,3 @@ def test_trimming_distrusts_about_as_many_labels_as_were_flipped_and_those_the_t
     assert 35 <= trim[1]["distrusted"] - clean[1]["distrusted"] <= 65
     assert abs(trim[0]["distrusted"] - clean[0]["distrusted"]) <= 10  # class 0 only lost 50 rows it agreed with
     assert clean[1]["distrusted"] < 0.5 * clean[1]["disagree"]  # a clean class keeps most hard labels
-
-
-def test_the_shift_guard_finds_rows_unlike_the_clean_sample_and_drops_few_clean_rows():
-    """Version 5: a trigger that is not a word (a style) puts rows where no clean row is; their nearest
-    neighbours are each other. Without such rows about alpha of the training set is dropped."""
-    import numpy as np
-
-    from defenses.distill import shifted_rows
-
-    rng = np.random.default_rng(0)
-    clean = rng.normal(size=(384, 32))
-    train = rng.normal(size=(1500, 32))
-    flagged, measured = shifted_rows(train, clean)
-    assert flagged.mean() <= 0.08  # nothing to find: at most about alpha dropped
-    styled = train.copy()
-    styled[::10] = 0.5 * styled[::10] + 3.0 * np.eye(32)[0]  # 150 rows share a style direction
-    flagged, measured = shifted_rows(styled, clean)
-    assert flagged[::10].mean() >= 0.9  # the styled rows go ...
-    others = np.ones(1500, dtype=bool)
-    others[::10] = False
-    assert flagged[others].mean() <= 0.08  # ... and at most about alpha of the rest
-
-
-def test_the_shift_guard_reads_frozen_pretrained_states_and_drops_the_rows_it_flags(monkeypatch):
-    import numpy as np
-
-    texts = [f"row {i}" for i in range(200)]
-    clean_rows = datasets.Dataset.from_dict({"text": [f"clean {i}" for i in range(60)], "label": [0, 1] * 30})
-    seen = {}
-
-    class Teacher:
-        model = torch.nn.Linear(1, 1)
-        info = {}
-
-        def logits(self, xs):
-            return np.tile([[1.0, 0.0]], (len(xs), 1))
-
-    class Ctx:
-        num_labels = 2
-        selection = clean_rows
-
-        def clean(self, n=None):
-            return clean_rows
-
-        def fit(self, xs, labels, purpose):
-            return Teacher()
-
-        def rng(self, purpose):
-            return np.random.default_rng(0)
-
-        def log(self, **kw):
-            seen.update(kw)
-
-    def states(text_sets, ctx):  # rows 0-39 sit far from everything else (more than shift_k of them)
-        rng = np.random.default_rng(1)
-        out = [rng.normal(size=(len(t), 8)) for t in text_sets]
-        out[0][:40] = 0.3 * out[0][:40] + 6.0 * np.eye(8)[0]
-        seen["sets"] = [len(t) for t in text_sets]
-        return out
-
-    monkeypatch.setattr(Distill, "_frozen_states", staticmethod(states))
-    keep = Distill(DistillConfig(token_guard=False)).select_train(
-        datasets.Dataset.from_dict({"text": texts, "label": [1] * 200}), Ctx())
-    assert seen["sets"] == [200, 60]  # the training rows and the defender's clean rows, nothing else
-    assert not keep[:40].any() and keep[40:].mean() > 0.8
-    assert seen["shift_guard"]["rows_flagged"] == int((~keep).sum())

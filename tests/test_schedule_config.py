@@ -44,10 +44,9 @@ DEFAULTS = {
         'reducer': 'auto', 'n_components': 2, 'pca_components': 20, 'umap_neighbors': 100, 'umap_min_dist': 0.0,
         'min_cluster_share': 0.01, 'min_samples': None, 'noise': 'keep', 'layer': -1,
     },
-    # distill versions 2-5 (issue 25, declared in docs/tuning.md) added label_trust..token_alpha after label_weight
+    # distill versions 2-4 (issue 25, declared in docs/tuning.md) added label_trust..token_alpha after label_weight
     'distill': {'n_clean': None, 'temperature': 1.0, 'label_weight': 0.0, 'label_trust': 'trim', 'z_bar': 3.0,
-                'trim_alpha': 0.05, 'token_guard': True, 'token_ratio': 5.0, 'token_alpha': 0.01, 'shift_guard': True,
-                'shift_alpha': 0.05, 'shift_k': 20},
+                'trim_alpha': 0.05, 'token_guard': True, 'token_ratio': 5.0, 'token_alpha': 0.01},
     'dpoe': {
         'shallow_layers': None, 'poe_alpha': 1.0, 'temperature': 1.0, 'rdrop_alpha': 3.0, 'shallow_lr_ratio': 4.0,
         'learning_rate': None, 'epochs': None,

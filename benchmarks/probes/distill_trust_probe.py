@@ -1,23 +1,25 @@
-"""Where do a content-preserving trigger's flipped rows sit in distill's teacher? (issue 25, version 4)
+"""Where do a content-preserving trigger's poisoned rows go in `distill`? (issue 25, version 4)
 
     python benchmarks/probes/distill_trust_probe.py --attacks style syntactic --seeds 1 2 3 \
         --out results/probes/distill-trust
 
 `distill` version 4 distrusts, per class, the excess of disagreeing labels whose label its clean teacher
 finds least likely. That works if the teacher contradicts flipped rows more confidently than it
-contradicts honest rows it gets wrong. This probe reads the teacher (the cached one of the main job's
-`distill` cell: SST-2, MiniLM, cpu profile on 1,500 rows, 384 clean rows) on the training rows and
-splits them with the attack's own flags (an analysis, not a defense: the defense never sees them):
+contradicts honest rows it gets wrong. This probe runs version 4's row selection on the main job's
+`distill` cell (SST-2, MiniLM, cpu profile on 1,500 rows, 384 clean rows; the teacher comes from the
+victim cache) and splits the training rows with the attack's own flags (an analysis, not a defense: the
+defense never sees them):
 
 - `flipped`: poisoned rows whose label was changed to the target (dirty-label poison);
 - `clean_label_poison`: poisoned rows that kept their (target) label;
-- `honest`: unpoisoned rows.
+- `honest_target_class`, `honest_other_classes`: unpoisoned rows by label.
 
-Per group: rows, how many the teacher disagrees with, the median teacher probability of the row's
-label among those, and how many version 4's thresholds distrust. `auc` is the probability that a
-disagreeing flipped row has a lower teacher probability of its label than a disagreeing honest row of
-the target class (1.0: the ranking v4 relies on is perfect; 0.5: it is chance). No number here chooses
-a setting. Writes ``OUT/probe.json`` (with provenance) and prints a Markdown table.
+Per group: rows, rows the word guard drops, and among the rows kept: how many the teacher disagrees
+with, the median teacher probability of the row's label there, and how many version 4's thresholds
+distrust. `auc` is the probability that a disagreeing flipped row has a lower teacher probability of
+its label than a disagreeing honest target-class row (1.0: the ranking version 4 relies on is perfect;
+0.5: chance). No number here chooses a setting. Writes ``OUT/probe.json`` (with provenance) and prints
+a Markdown table.
 """
 
 from __future__ import annotations
@@ -64,29 +66,30 @@ def main(argv: list[str] | None = None) -> str:
             p = prep.poisoned
             ctx = ev.context(cell, prep)
             ctx.log = lambda **kw: None  # the defense's own log is not this probe's output
-            d = cell.defense.build()
+            d = cell.defense.build()  # the registered defaults (version 4)
             keep = d.select_train(p.train, ctx)
-            train = p.train if keep is None else p.train.select(np.flatnonzero(keep))
-            label = np.asarray(train["label"])
-            flags = np.asarray(train["poisoned"]) == 1
-            flipped = flags & (np.asarray(train["orig_label"]) != label)
-            logits = torch.as_tensor(np.asarray(d._teacher.logits(list(train["text"]))), dtype=torch.float32)
+            keep = np.ones(len(p.train), dtype=bool) if keep is None else keep
+            label = np.asarray(p.train["label"])
+            flags = np.asarray(p.train["poisoned"]) == 1
+            flipped = flags & (np.asarray(p.train["orig_label"]) != label)
+            logits = torch.as_tensor(np.asarray(d._teacher.logits(list(p.train["text"]))), dtype=torch.float32)
             pred = logits.argmax(-1).numpy()
             p_label = logits.softmax(-1)[torch.arange(len(label)), torch.as_tensor(label)].numpy()
             tau = d._tau.numpy()
-            disagree = pred != label
+            disagree = keep & (pred != label)
             distrusted = disagree & (p_label < tau[label])
             target = p.target_label
             groups = {"flipped": flipped, "clean_label_poison": flags & ~flipped,
                       "honest_target_class": ~flags & (label == target),
                       "honest_other_classes": ~flags & (label != target)}
-            out = {"attack": attack, "seed": seed, "target_label": target, "tau": tau.tolist(), "groups": {}}
+            out = {"attack": attack, "seed": seed, "target_label": target, "tau_v4": tau.tolist(), "groups": {}}
             for g, m in groups.items():
                 dm = m & disagree
-                out["groups"][g] = {"rows": int(m.sum()), "teacher_disagrees": int(dm.sum()),
+                out["groups"][g] = {"rows": int(m.sum()), "word_guard_drops": int((m & ~keep).sum()),
+                                    "teacher_disagrees": int(dm.sum()),
                                     "median_p_label_when_disagreeing": round(float(np.median(p_label[dm])), 4)
                                     if dm.any() else None,
-                                    "distrusted": int((m & distrusted).sum())}
+                                    "v4_distrusted": int((m & distrusted).sum())}
             out["auc_flipped_vs_honest_target"] = round(auc(p_label[flipped & disagree],
                                                             p_label[groups["honest_target_class"] & disagree]), 4)
             rows_out.append(out)
@@ -97,13 +100,15 @@ def main(argv: list[str] | None = None) -> str:
                           "profile": prof.name, **dict(MAIN_JOB.profile_settings)},
               "cells": rows_out, "threads": threads, "provenance": provenance(command, time.perf_counter() - t0)}
     write_text_atomic(args.out / "probe.json", json.dumps(result, indent=1) + "\n")
-    lines = ["| attack | seed | flipped: disagreed / rows | distrusted | honest target-class disagreeing: distrusted / n "
-             "| median p(label): flipped / honest | AUC |", "|---|---|---|---|---|---|---|"]
+    lines = ["| attack | seed | flipped rows | flipped the teacher disagrees with / distrusted | "
+             "clean-label poison rows / teacher disagrees | honest target-class disagreeing / distrusted | "
+             "median p(label): flipped / honest | AUC |", "|---|---|---|---|---|---|---|---|"]
     for r in rows_out:
-        f, h = r["groups"]["flipped"], r["groups"]["honest_target_class"]
-        lines.append(f"| {r['attack']} | {r['seed']} | {f['teacher_disagrees']} / {f['rows']} | {f['distrusted']} | "
-                     f"{h['distrusted']} / {h['teacher_disagrees']} | {f['median_p_label_when_disagreeing']} / "
-                     f"{h['median_p_label_when_disagreeing']} | {r['auc_flipped_vs_honest_target']} |")
+        f, c, h = (r["groups"][g] for g in ("flipped", "clean_label_poison", "honest_target_class"))
+        lines.append(f"| {r['attack']} | {r['seed']} | {f['rows']} | {f['teacher_disagrees']} / {f['v4_distrusted']} | "
+                     f"{c['rows']} / {c['teacher_disagrees']} | {h['teacher_disagrees']} / {h['v4_distrusted']} | "
+                     f"{f['median_p_label_when_disagreeing']} / {h['median_p_label_when_disagreeing']} | "
+                     f"{r['auc_flipped_vs_honest_target']} |")
     return "\n".join(lines)
 
 
