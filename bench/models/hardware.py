@@ -38,16 +38,16 @@ def cpu_identity() -> dict:
     name, so every record carries them beside its wall time."""
     import platform
 
-    model, flags = platform.processor() or None, None
+    model, flags = None, None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's lines
             if line.startswith("flags") and flags is None:
                 flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name") and (model is None or model == platform.processor()):
+            elif line.startswith("model name") and model is None:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu_model": model,
+    return {"cpu_model": model or platform.processor() or None,
             "cpu_flags": None if flags is None else {f: f in flags for f in CPU_FLAGS_OF_INTEREST}}
 
 

@@ -32,11 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.engine.cell import Evaluator, prepare
-from bench.engine.profiles import MAIN_JOB, get_profile
 from bench.models.hardware import configure_threads
 from bench.reporting.results import provenance, write_text_atomic
-from bench.runner import DataCache, plan
+from main_job_cell import MainJobCells
 
 
 def auc(low: np.ndarray, high: np.ndarray) -> float:
@@ -55,16 +53,12 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     threads = configure_threads()["threads"]
-    prof = get_profile(MAIN_JOB.profile, dict(MAIN_JOB.profile_settings))
-    data = DataCache().get("sst2")
-    ev = Evaluator()
+    cells = MainJobCells("sst2")
     rows_out = []
     for attack in args.attacks:
         for seed in args.seeds:
-            cell = plan(["sst2"], ["minilm"], [attack], ["distill"], [seed], prof)[0]
-            prep = prepare(cell, data)
+            cell, prep, ctx = cells.cell(attack, "distill", seed)
             p = prep.poisoned
-            ctx = ev.context(cell, prep)
             ctx.log = lambda **kw: None  # the defense's own log is not this probe's output
             d = cell.defense.build()  # the registered defaults (version 4)
             keep = d.select_train(p.train, ctx)
@@ -96,8 +90,7 @@ def main(argv: list[str] | None = None) -> str:
             print(json.dumps(out), flush=True)
     command = (f"python benchmarks/probes/distill_trust_probe.py --attacks {' '.join(args.attacks)} --seeds "
                f"{' '.join(map(str, args.seeds))} --out {args.out}")
-    result = {"setting": {"dataset": "sst2", "backbone": "minilm", "defense": "distill (version 4 defaults)",
-                          "profile": prof.name, **dict(MAIN_JOB.profile_settings)},
+    result = {"setting": {**cells.setting(), "defense": "distill (version 4 defaults)"},
               "cells": rows_out, "threads": threads, "provenance": provenance(command, time.perf_counter() - t0)}
     write_text_atomic(args.out / "probe.json", json.dumps(result, indent=1) + "\n")
     lines = ["| attack | seed | flipped rows | flipped the teacher disagrees with / distrusted | "

@@ -37,21 +37,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.engine.cell import Evaluator, prepare
-from bench.engine.profiles import MAIN_JOB, get_profile
 from bench.models.hardware import configure_threads
 from bench.models.training import Encoded
 from bench.reporting.results import provenance, write_text_atomic
-from bench.runner import DataCache, plan
+from main_job_cell import MainJobCells
 
 K, ALPHA, FOLDS = 20, 0.05, 5
 
 
+POOLINGS = ("first", "mean")
+
+
 @torch.no_grad()
-def pooled_states(model, tokenizer, texts, max_length, batch_size, layers, pooling):
-    """Per layer, one state per text: the first token's or the mean over the text's tokens."""
+def pooled_states(model, tokenizer, texts, max_length, batch_size, layers):
+    """{(layer, pooling): one state per text} from one forward pass: the first token's state or the
+    mean over the text's tokens."""
     enc = Encoded(tokenizer, list(texts), None, max_length)
-    out = {layer: np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) for layer in layers}
+    out = {(layer, pooling): np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+           for pooling in POOLINGS for layer in layers}
     order = np.argsort([len(f["input_ids"]) for f in enc.features], kind="stable")
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -61,7 +64,8 @@ def pooled_states(model, tokenizer, texts, max_length, batch_size, layers, pooli
         mask = batch["attention_mask"].unsqueeze(-1).float()
         for layer in layers:
             h = hidden[layer].float()
-            out[layer][idx] = (h[:, 0] if pooling == "first" else (h * mask).sum(1) / mask.sum(1)).numpy()
+            out[(layer, "first")][idx] = h[:, 0].numpy()
+            out[(layer, "mean")][idx] = ((h * mask).sum(1) / mask.sum(1)).numpy()
     return out
 
 
@@ -109,29 +113,21 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     threads = configure_threads()["threads"]
-    prof = get_profile(MAIN_JOB.profile, dict(MAIN_JOB.profile_settings))
-    data = DataCache().get("sst2")
-    ev = Evaluator()
+    main_job = MainJobCells("sst2")
+    prof = main_job.profile
     cells = []
     for transform in args.transforms:
         for seed in args.seeds:
-            cell = plan(["sst2"], ["minilm"], ["style"], ["distill"], [seed], prof,
-                        {"style": {"transform": transform}})[0]
-            prep = prepare(cell, data)
-            ctx = ev.context(cell, prep)
+            cell, prep, ctx = main_job.cell("style", "distill", seed, {"style": {"transform": transform}})
             train, clean = prep.poisoned.train, ctx.clean()
             texts = list(train["text"])
             flags = np.asarray(train["poisoned"]) == 1
             loaded = ctx.backbone()
             layers = [0, loaded.model.config.num_hidden_layers // 2, -1]
-            reps = {}
-            for pooling in ("first", "mean"):
-                tr = pooled_states(loaded.model, loaded.tokenizer, texts, prof.max_length, prof.eval_batch_size,
-                                   layers, pooling)
-                cl = pooled_states(loaded.model, loaded.tokenizer, list(clean["text"]), prof.max_length,
-                                   prof.eval_batch_size, layers, pooling)
-                for layer in layers:
-                    reps[f"layer {layer}, {pooling}"] = (tr[layer], cl[layer])
+            tr, cl = (pooled_states(loaded.model, loaded.tokenizer, t, prof.max_length, prof.eval_batch_size, layers)
+                      for t in (texts, list(clean["text"])))
+            reps = {f"layer {layer}, {pooling}": (tr[(layer, pooling)], cl[(layer, pooling)])
+                    for pooling in POOLINGS for layer in layers}
             res = {}
             for name, (a, b) in reps.items():
                 for method, fn in (("knn", knn_scores), ("logistic", logistic_scores)):
@@ -155,9 +151,8 @@ def main(argv: list[str] | None = None) -> str:
     chosen = max(names, key=lambda k: (score[k], -names.index(k)))
     command = (f"python benchmarks/probes/shift_guard_tuning.py --transforms {' '.join(args.transforms)} --seeds "
                f"{' '.join(map(str, args.seeds))} --out {args.out}")
-    result = {"setting": {"dataset": "sst2", "backbone": "minilm", "attack": "style (mixed, rate 0.1, target 1)",
-                          "k": K, "alpha": ALPHA, "folds": FOLDS, "profile": prof.name,
-                          **dict(MAIN_JOB.profile_settings)},
+    result = {"setting": {**main_job.setting(), "attack": "style (mixed, rate 0.1, target 1)",
+                          "k": K, "alpha": ALPHA, "folds": FOLDS},
               "cells": cells, "score": score, "chosen": chosen, "threads": threads,
               "provenance": provenance(command, time.perf_counter() - t0)}
     write_text_atomic(args.out / "probe.json", json.dumps(result, indent=1) + "\n")

@@ -32,11 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.engine.cell import Evaluator, prepare
-from bench.engine.profiles import MAIN_JOB, get_profile
 from bench.models.hardware import configure_threads
 from bench.reporting.results import provenance, write_text_atomic
-from bench.runner import DataCache, plan
+from main_job_cell import MainJobCells
 
 PUNCT = r"[,.;:!?]"
 
@@ -76,19 +74,15 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     threads = configure_threads()["threads"]
-    prof = get_profile(MAIN_JOB.profile, dict(MAIN_JOB.profile_settings))
-    data = DataCache().get("sst2")
-    ev = Evaluator()
+    cells = MainJobCells("sst2", args.backbone)
     per_seed = []
     for seed in args.seeds:
-        cell = plan(["sst2"], [args.backbone], ["style"], ["none"], [seed], prof)[0]
-        prep = prepare(cell, data)
+        cell, prep, ctx = cells.cell("style", "none", seed)
         p = prep.poisoned
         flags = np.asarray(p.train["poisoned"]) == 1  # the style attack knows its poisoned rows (an analysis, not a defense)
         texts = np.asarray(p.train["text"], dtype=object)
         marks = {"clean_training_rows": surface(list(texts[~flags])), "poisoned_training_rows": surface(list(texts[flags]))}
-        ctx = ev.context(cell, prep)
-        victim, _ = ev.victim(cell, prep, None, ctx)
+        victim, _ = cells.evaluator.victim(cell, prep, None, ctx)
         target = p.target_label
         nontarget = [t for t, y in zip(p.test_clean["text"], p.test_clean["label"]) if y != target]
         styled = list(p.test_poison["text"])
@@ -102,8 +96,7 @@ def main(argv: list[str] | None = None) -> str:
         print(f"seed {seed}: {rates}", flush=True)
     command = "python benchmarks/probes/style_format_probe.py --seeds " + " ".join(map(str, args.seeds)) + \
               f" --out {args.out}" + ("" if args.backbone == "minilm" else f" --backbone {args.backbone}")
-    result = {"setting": {"dataset": "sst2", "backbone": args.backbone, "attack": "style (bible, mixed label, rate "
-                          "0.1, target 1)", "profile": prof.name, **dict(MAIN_JOB.profile_settings)},
+    result = {"setting": {**cells.setting(), "attack": "style (bible, mixed label, rate 0.1, target 1)"},
               "seeds": per_seed, "threads": threads,
               "provenance": provenance(command, time.perf_counter() - t0)}
     write_text_atomic(args.out / "probe.json", json.dumps(result, indent=1) + "\n")
