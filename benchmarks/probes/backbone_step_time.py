@@ -23,7 +23,7 @@ import torch
 from bench.engine.profiles import get_profile
 from bench.models.backbones import resolve_backbone
 from bench.models.hardware import configure_threads
-from bench.models.training import Encoded, decay_groups, trainable_parameters
+from bench.models.training import Encoded, autocast, decay_groups, trainable_parameters
 from bench.runner import DataCache
 
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     ap.add_argument("--train-embeddings", action="store_true", help="train the input embeddings as well")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the forward under bf16 autocast, as profile.precision=bf16 runs it (default fp32)")
     args = ap.parse_args(argv)
     threads = configure_threads()["threads"]
     prof = get_profile(args.profile)
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> str:
     for i in range(0, n, args.batch):
         batch = enc.batch(list(range(i, i + args.batch)), torch.device("cpu"))
         t0 = time.perf_counter()
-        model(**batch).loss.backward()
+        with autocast(torch.device("cpu"), args.precision):
+            loss = model(**batch).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> str:
     total = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for _, p in params)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-    name = args.backbone + (" (+embeddings)" if args.train_embeddings else "")
+    name = args.backbone + (" (+embeddings)" if args.train_embeddings else "") + (", bf16" if args.precision == "bf16" else "")
     row = (f"| {name} | {total / 1e6:.1f}M | {trained / 1e6:.1f}M | {statistics.mean(tokens):.1f} | "
            f"{statistics.mean(timed):.2f} | {min(timed):.2f} | {peak_gb:.1f} GB | {threads} |")
     print(row, flush=True)
