@@ -33,7 +33,7 @@ class Profile:
     datasets: tuple[str, ...] = ("sst2",)  # what --all runs on
     backbones: tuple[str, ...] = ("minilm",)
     device: str = "auto"  # auto: cuda when available, else cpu
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = fp32 everywhere until bf16 passes a 3-seed check; bf16: opt in
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = fp32 everywhere (docs/cost.md: bf16's 3-seed check); bf16: opt in
     stealth_samples: int = 200  # poisoned test sentences scored for stealthiness (0: skip)
     stealth_lm: str | None = "smollm2-135m"  # causal LM for the perplexity increase (None: skip it)
     scorer_lm: str = "smollm2-135m"  # the causal LM that defenses score sentences with (ONION)
