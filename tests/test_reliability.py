@@ -449,7 +449,8 @@ def test_cells_run_in_all_counts_the_records_of_killed_runs(tmp_path):
 
 
 def test_precision_auto_is_fp32_on_every_device_and_bf16_only_when_asked():
-    """bf16 has not passed its 3-seed check, so `auto` must never switch it on, not even on a GPU."""
+    """fp32 is the default so that records compare across machines (docs/cost.md): `auto` must never
+    switch bf16 on, not even on a GPU."""
     import contextlib
 
     import torch
