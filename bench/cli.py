@@ -548,15 +548,20 @@ def table_curve(
     folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard.csv."),
     dataset: str = typer.Argument(..., metavar="DATASET"),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Also draw the curve into this PNG."),
+    against: Optional[str] = typer.Option(
+        None, "--against", metavar="DEFENSE",
+        help="Also compare each defense with this one at the same budget (differences, Welch p), e.g. clean-only."),
 ) -> None:
     """The defender-knowledge curve: CACC / ASR per attack x defense against the clean rows used (issue 25).
 
     Cells from benchmarks/gpu/gpu_knowledge.sh (each defense's budget swept at one profile.clean_size)."""
+    from .reporting.tables.curve import compare, table
     from .reporting.tables.curve import plot as draw
-    from .reporting.tables.curve import table
 
     try:
         text = table(folder, dataset)
+        if against is not None:
+            text += "\n\n" + compare(folder, dataset, against)
         if plot is not None:
             draw(folder, dataset, plot)
     except USER_ERRORS as e:

@@ -62,7 +62,8 @@ def test_the_knowledge_curve_puts_each_budget_in_its_column_and_draws_it(toy_dir
     from bench.engine.grid import run_grid
     from bench.engine.profiles import get_profile
     from bench.models.victim import VictimStore
-    from bench.reporting.tables.curve import curve_frame, plot, table
+    from bench.reporting.scores import p_text
+    from bench.reporting.tables.curve import compare, curve_frame, plot, seed_rows, table
     from bench.runner import plan
 
     prof = get_profile("smoke", {"epochs": "1", "train_size": "64", "clean_size": "32"})
@@ -71,11 +72,23 @@ def test_the_knowledge_curve_puts_each_budget_in_its_column_and_draws_it(toy_dir
     for n in (8, 32):
         cells += plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["clean-only"], [1, 2], prof,
                       {**regime, "clean-only": {"n_clean": n}})
+    cells += plan([str(toy_dir)], ["tiny-bert"], ["badnets"], ["none+clean"], [1, 2], prof,
+                  {**regime, "none+clean": {"n_clean": 8}})
     out = tmp_path / "curve"
     run_grid(cells, out, progress=False, store=VictimStore(tmp_path / "victims"))
     frame = curve_frame(out, "toy")
     got = {(r.defense, r.budget): r.n_seeds for r in frame.itertuples()}
-    assert got == {("none", 0): 2, ("clean-only", 8): 2, ("clean-only", 32): 2}
+    assert got == {("none", 0): 2, ("clean-only", 8): 2, ("clean-only", 32): 2, ("none+clean", 8): 2}
+    # --against: none+clean beside clean-only at the same budget (8 rows; nothing at 32), with Welch p over seeds
+    rows = seed_rows(out, "toy")
+    mine, ref = (rows[(rows.defense == d) & (rows.budget == 8)] for d in ("none+clean", "clean-only"))
+    lines = [ln for ln in compare(out, "toy", "clean-only").splitlines() if ln.startswith("| badnets |")]
+    assert len(lines) == 1 and lines[0].startswith("| badnets | 8 | `none+clean` | 2 |")
+    fields = [f.strip() for f in lines[0].split("|")]
+    assert fields[5] == f"{100 * (mine.cacc.mean() - ref.cacc.mean()):+.1f}"
+    assert fields[8] == p_text(mine.asr.to_numpy(), ref.asr.to_numpy())
+    with pytest.raises(BenchError, match="no cell of defense 'musclelora'"):
+        compare(out, "toy", "musclelora")
     assert frame.setting.nunique() == 1  # the budget knob is the defense's own setting: one curve, not three
     text = table(out, "toy")
     assert "| 0 rows | 8 rows | 32 rows |" in text and "| badnets | `clean-only` |  |" in text

@@ -9,6 +9,10 @@ A budget is whatever the records say the defense used: `clean-only.n_clean`, `no
 `none` uses no clean row and is drawn as a flat reference line. A folder whose cells of an attack differ in
 a setting other than the defenses' own (their budget knobs) gets one block per setting, as in
 `bench table seeds`: points are only ever joined within one setting.
+
+`--against DEFENSE` adds, per budget, each defense beside that one at the same budget (the control the issue
+asks every method to beat, `clean-only`): the differences of mean CACC, ASR and task score
+sqrt(CACC x (100 - ASR)) with Welch's p over seeds, and the CACC gap to `none` (no clean row) with its p.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ...errors import BenchError
 from ..results import read_leaderboard_csv
-from ..scores import interval_text, shared_settings, t_interval
+from ..scores import interval_text, p_text, shared_settings, t_interval, task_score
 
 
-def curve_frame(folder: Path, dataset: str) -> pd.DataFrame:
-    """One row per (setting, attack, defense, budget): seeds, and mean / low / high of CACC and ASR."""
+def seed_rows(folder: Path, dataset: str) -> pd.DataFrame:
+    """The dataset's per-seed leaderboard rows with their `setting` (backbone and shared settings) and `budget`."""
     seeds = read_leaderboard_csv(folder / "leaderboard.csv")
     seeds = seeds[seeds.dataset == dataset]
     if seeds.empty:
@@ -36,6 +41,12 @@ def curve_frame(folder: Path, dataset: str) -> pd.DataFrame:
     seeds = seeds.assign(
         setting=[f"{b}; {shared_settings(s, d)}" for b, s, d in zip(seeds.backbone, seeds.settings, seeds.defense)],
         budget=pd.to_numeric(seeds.n_clean_used, errors="coerce").fillna(0).astype(int))
+    return seeds
+
+
+def curve_frame(folder: Path, dataset: str) -> pd.DataFrame:
+    """One row per (setting, attack, defense, budget): seeds, and mean / low / high of CACC and ASR."""
+    seeds = seed_rows(folder, dataset)
     rows = []
     for (setting, attack, defense, budget), g in seeds.groupby(["setting", "attack", "defense", "budget"], sort=True):
         row = {"setting": setting, "attack": attack, "defense": defense, "budget": budget,
@@ -68,6 +79,45 @@ def table(folder: Path, dataset: str) -> str:
             out.append(f"| {attack} | `{defense}` | " + " | ".join(cells) + " |")
         out.append("")
     out.append("CACC / ASR in %, mean ± 95 % half-width over seeds (seed count in brackets); columns: clean rows used.")
+    return "\n".join(out)
+
+
+def compare(folder: Path, dataset: str, against: str) -> str:
+    """Per setting, attack and budget: each defense minus `against` at the same budget (CACC, ASR, task score,
+    points, with Welch p), and its CACC minus `none`'s. A p needs 2 seeds a side; "-" where it has fewer."""
+    seeds = seed_rows(folder, dataset)
+    if against not in set(seeds.defense):
+        raise BenchError(f"{folder}: no cell of defense {against!r} on {dataset} to compare against "
+                         f"(it holds: {', '.join(sorted(set(seeds.defense)))})")
+    seeds = seeds.assign(score=[task_score(c, a) for c, a in zip(seeds.cacc, seeds.asr)])
+    out: list[str] = []
+    settings = sorted(seeds.setting.unique())
+    for setting in settings:
+        block = seeds[seeds.setting == setting]
+        if len(settings) > 1:
+            out += [f"setting: {setting}", ""]
+        head = (f"| attack | budget | defense | seeds | CACC - `{against}` | p | ASR - `{against}` | p "
+                f"| score - `{against}` | p | CACC - `none` | p |")
+        out += [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for attack, by_attack in block.groupby("attack", sort=True):
+            none = by_attack[by_attack.defense == "none"]
+            for budget, g in by_attack[by_attack.budget > 0].groupby("budget", sort=True):
+                ref = g[g.defense == against]
+                if ref.empty:
+                    continue
+                for defense, d in g[g.defense != against].groupby("defense", sort=True):
+                    cells = []
+                    for m, base in (("cacc", ref), ("asr", ref), ("score", ref), ("cacc", none)):
+                        if base.empty:
+                            cells += ["", ""]
+                            continue
+                        a, b = d[m].to_numpy(dtype=float), base[m].to_numpy(dtype=float)
+                        cells += [f"{100 * (np.nanmean(a) - np.nanmean(b)):+.1f}", p_text(a, b)]
+                    lead = f"| {attack} | {int(budget)} | `{defense}` | {d.seed.nunique()} | "
+                    out.append(lead + " | ".join(cells) + " |")
+        out.append("")
+    out.append(f"Differences of means over seeds in points; p: Welch's two-sided p over seeds; score: "
+               f"sqrt(CACC x (100 - ASR)). Each defense against `{against}` at the same clean budget.")
     return "\n".join(out)
 
 
