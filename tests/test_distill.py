@@ -156,6 +156,23 @@ def test_version_2_reads_the_teacher_on_the_training_and_selection_rows_and_logs
     assert d1._tau.tolist() == [float("inf")] * 2  # version 1: no label is ever taken
 
 
+def test_the_token_guard_cannot_reach_a_rare_trigger_from_too_few_clean_rows():
+    """The guard's reach, measured on the knowledge curve (results/knowledge-curve): a word absent from m clean
+    rows has smoothed share 1 / (m + 2), so at token_ratio 5 it is flagged only in >= 5 / (m + 2) of the
+    training rows. A trigger in 7 % of 1,500 rows escapes 48 clean rows (needs 10 %) and is caught from 96."""
+    import numpy as np
+
+    from defenses.distill import shifted_words
+
+    rng = np.random.default_rng(1)
+    vocab = [f"w{i}" for i in range(300)]
+    train = [" ".join(rng.choice(vocab, 8)) + (" cf" if i % 14 == 0 else "") for i in range(1500)]  # 108 rows
+    clean = [" ".join(rng.choice(vocab, 8)) for _ in range(96)]
+    assert shifted_words(train, clean[:48]) == []
+    assert [r["word"] for r in shifted_words(train, clean)] == ["cf"]
+    assert [r["word"] for r in shifted_words(train, clean[:48], ratio=3.0)] == ["cf"]  # the threshold, not the test
+
+
 def test_the_token_guard_finds_an_inserted_word_and_drops_its_rows_only():
     import numpy as np
 
