@@ -89,6 +89,8 @@ def test_the_knowledge_curve_puts_each_budget_in_its_column_and_draws_it(toy_dir
     assert fields[8] == p_text(mine.asr.to_numpy(), ref.asr.to_numpy())
     with pytest.raises(BenchError, match="no cell of defense 'musclelora'"):
         compare(out, "toy", "musclelora")
+    r = runner.invoke(app, ["table", "curve", str(out), "toy", "--against", "clean-only"])
+    assert r.exit_code == 0 and lines[0] in r.output and "| 8 rows | 32 rows |" in r.output
     assert frame.setting.nunique() == 1  # the budget knob is the defense's own setting: one curve, not three
     text = table(out, "toy")
     assert "| 0 rows | 8 rows | 32 rows |" in text and "| badnets | `clean-only` |  |" in text
