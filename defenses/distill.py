@@ -44,7 +44,7 @@ in >= 3 training rows). Every training row holding a shifted word is dropped bef
 it; the class test then runs on the rows kept. A trigger that is not a word (a syntax or a style) is not
 seen by this guard, nor is a word in fewer than ``token_ratio / (m + 2)`` of the training rows for ``m``
 clean rows: from 48 clean rows no BadNets trigger word at rate 0.1 with 4 triggers (6-7.5 % of the rows each)
-is flagged, from 96 every one is (the knowledge curve, results/knowledge-curve).
+is flagged; from 96, all four on SST-2 and three or four on HSOL are (results/knowledge-curve, -hsol).
 
 Version 4 (``label_trust="trim"``, the default) closes the hole version 3 measured under style and
 syntactic poison (ASR 48.9 and 63.6): the class test flagged the target class in 1 of 6 seeds, since
