@@ -16,14 +16,9 @@
 # stops at the deadline (rerun to resume). BENCH_GRID_BACKBONE / BENCH_GRID_EXTRA: a local dry run.
 # On a copied tree, export BENCH_SOURCE_COMMIT (and BENCH_SOURCE_DIRTY=0).
 set -u
-OUTDIR=$1
-DEADLINE=$(( $(date +%s) + $2 ))
-W=${3:-15}
-BACKBONE=${BENCH_GRID_BACKBONE:-minilm}
-EXTRA=${BENCH_GRID_EXTRA:-}
+source "$(dirname "$0")/workers.sh"
+init_workers "$1" "$2" "${3:-}" 15
 BUDGETS=${BENCH_BUDGETS:-48,96,192,384,768}  # SST-2's; HSOL's stop at 384 (below)
-export BENCH_THREADS=${BENCH_THREADS:-1} PYTHONUNBUFFERED=1
-mkdir -p "$OUTDIR/logs"
 RUN="python3 -m bench.cli run --main -b $BACKBONE --no-progress --keep-going -a badnets -a addsent -a hiddenkiller"
 PHASES=()
 for seeds in "-s 1" "-s 2 -s 3"; do
@@ -37,6 +32,5 @@ for seeds in "-s 1" "-s 2 -s 3"; do
     PHASES+=("--dataset $ds $seeds -d none+clean --sweep none+clean.n_clean=$B $COMMON")
   done
 done
-source "$(dirname "$0")/workers.sh"
 run_workers
 echo "knowledge script done at $(date -u +%FT%TZ), $(left) s before the deadline"

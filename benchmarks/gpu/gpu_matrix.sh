@@ -18,13 +18,8 @@
 # (rerun to resume). BENCH_GRID_BACKBONE / BENCH_GRID_EXTRA: a local dry run with a tiny model.
 # On a machine that got a copy of the tree, export BENCH_SOURCE_COMMIT (and BENCH_SOURCE_DIRTY=0).
 set -u
-OUTDIR=$1
-DEADLINE=$(( $(date +%s) + $2 ))
-W=${3:-15}
-BACKBONE=${BENCH_GRID_BACKBONE:-minilm}
-EXTRA=${BENCH_GRID_EXTRA:-}
-export BENCH_THREADS=${BENCH_THREADS:-1} PYTHONUNBUFFERED=1
-mkdir -p "$OUTDIR/logs"
+source "$(dirname "$0")/workers.sh"
+init_workers "$1" "$2" "${3:-}" 15
 RUN="python3 -m bench.cli run --main -b $BACKBONE --no-progress --keep-going"
 COMMON="--set profile.test_size=None --set profile.precision=fp32 --set profile.stealth_samples=0 $EXTRA"
 FID_DEFS="-d none -d clean-only -d strip -d rap -d badacts -d bki -d cube -d zdefense -d dpoe -d btu -d lora -d musclelora"
@@ -42,6 +37,5 @@ matrix_phases() {  # the matrix for the seeds given
 PHASES=()
 PHASES+=("-s 1 -s 2 -s 3 $FID")
 while IFS= read -r p; do PHASES+=("$p"); done < <(matrix_phases "-s 1"; matrix_phases "-s 2 -s 3")
-source "$(dirname "$0")/workers.sh"
 run_workers
 echo "matrix script done at $(date -u +%FT%TZ), $(left) s before the deadline"

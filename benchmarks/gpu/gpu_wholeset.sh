@@ -13,13 +13,8 @@
 # (rerun to resume). BENCH_GRID_BACKBONE / BENCH_GRID_EXTRA: a local dry run with a tiny model.
 # On a copied tree, export BENCH_SOURCE_COMMIT (and BENCH_SOURCE_DIRTY=0).
 set -u
-OUTDIR=$1
-DEADLINE=$(( $(date +%s) + $2 ))
-W=${3:-15}
-BACKBONE=${BENCH_GRID_BACKBONE:-minilm}
-EXTRA=${BENCH_GRID_EXTRA:-}
-export BENCH_THREADS=${BENCH_THREADS:-1} PYTHONUNBUFFERED=1
-mkdir -p "$OUTDIR/logs"
+source "$(dirname "$0")/workers.sh"
+init_workers "$1" "$2" "${3:-}" 15
 RUN="python3 -m bench.cli run --main -b $BACKBONE --no-progress --keep-going"
 ATTACKS="-a badnets -a addsent -a style -a syntactic -a hiddenkiller"
 COMMON="$ATTACKS --set profile.train_size=None --set profile.test_size=None --set profile.precision=fp32 --set profile.stealth_samples=0 $EXTRA --out $OUTDIR"
@@ -32,6 +27,5 @@ done
 for ds in sst2 hsol; do
   PHASES+=("--dataset $ds -s 1 -s 2 -s 3 -d musclelora $COMMON")
 done
-source "$(dirname "$0")/workers.sh"
 run_workers
 echo "whole-set script done at $(date -u +%FT%TZ), $(left) s before the deadline"
