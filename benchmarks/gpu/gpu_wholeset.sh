@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 25's whole-training-set cells on a lent GPU, as one prepared script (written in session 21; the SST-2
-# BadNets and AddSent and HSOL BadNets cells were run on a CPU into results/whole-set with the same settings).
+# Issue 25's whole-training-set cells on a lent GPU, as one prepared script (written in session 21; the
+# BadNets and AddSent cells of both datasets were run on a CPU into results/whole-set with the same settings).
 #
 #   benchmarks/gpu/gpu_wholeset.sh OUTDIR SECONDS [WORKERS]
 #
