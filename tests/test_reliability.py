@@ -190,7 +190,23 @@ def test_the_run_log_says_when_a_run_died(tmp_path):
     (tmp_path / "runs.jsonl").open("a").write('{"event": "fin')  # a line cut by a kill
     status = {r["run_id"]: r["status"] for r in read_runs(tmp_path)}
     assert status == {"r1": "died (killed, or its machine stopped)", "r2": "interrupted"}
-    assert any("died" in n for n in run_notes(tmp_path))
+    assert any("bench run x" in n and "no end line" in n for n in run_notes(tmp_path))
+
+
+def test_a_rendered_run_line_does_not_depend_on_which_processes_are_alive(tmp_path):
+    """A folder committed while a run wrote it re-rendered differently in CI (the run was `running` on the
+    machine that wrote leaderboard.md, `died` on the one that re-rendered it): rendered files say the same
+    for a live and a dead run without an end line."""
+    from bench.reporting.results import NO_END_LINE, append_run, run_notes
+
+    lines = {}
+    for name, pid in (("alive", os.getpid()), ("dead", 2 ** 22 + 54321)):
+        folder = tmp_path / name
+        append_run(folder, {"event": "started", "run_id": "r1", "command": "bench run x", "pid": pid,
+                            "host": os.uname().nodename, "started": "2026-01-01T00:00:00+00:00"})
+        assert read_runs(folder)[0]["status"] == ("running" if name == "alive" else "died (killed, or its machine stopped)")
+        lines[name] = run_notes(folder)
+    assert lines["alive"] == lines["dead"] and NO_END_LINE in lines["alive"][0]
 
 
 def test_a_failing_cell_leaves_a_failed_line_and_no_reporter(toy_dir, tmp_path, monkeypatch):
@@ -445,7 +461,7 @@ def test_cells_run_in_all_counts_the_records_of_killed_runs(tmp_path):
     notes = run_notes(tmp_path)
     assert "8 cells run in all" in notes[0], notes
     (tmp_path / "runs.jsonl").write_text("\n".join((tmp_path / "runs.jsonl").read_text().splitlines()[:1]) + "\n")
-    assert "died (killed, or its machine stopped) after 2 cells" in run_notes(tmp_path)[0]
+    assert "no end line (running when this was written, or killed) after 2 cells" in run_notes(tmp_path)[0]
 
 
 def test_precision_auto_is_fp32_on_every_device_and_bf16_only_when_asked():

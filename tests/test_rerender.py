@@ -58,12 +58,7 @@ OLD = {"leaderboard.csv": OLD_SCHEMA_CSV, "leaderboard.md": OLD_SCHEMA_MD,
 # folder (relative to results/) -> file -> why it differs. Checked today (issue 26 step 1).
 KNOWN: dict[str, dict[str, Known]] = {
     "baselines-inference": {"leaderboard.csv": NO_PRESET},
-    "baselines-training": {
-        "leaderboard.csv": NO_PRESET,
-        "leaderboard.md": Known("written while a run (2026-11-26T04:36:39, /tmp/grid11/out) was alive: its line said "
-                                "`running`; that process is gone, so a re-render says `died ... after 9 cells`",
-                                without_lines=r"^- run `.*--out /tmp/grid11/out .*\(2026-11-26T04:36:39"),
-    },
+    "baselines-training": {"leaderboard.csv": NO_PRESET},
     "fidelity/onion-dirty": {"leaderboard.csv": NO_PRESET},
     "grid-h200": {
         "leaderboard.csv": NO_PRESET,

@@ -282,10 +282,16 @@ def append_run(out_dir: Path, entry: dict) -> None:
         f.write(json.dumps(entry, default=str) + "\n")
 
 
-def read_runs(out_dir: Path) -> list[dict]:
+NO_END_LINE = "no end line (running when this was written, or killed)"
+
+
+def read_runs(out_dir: Path, live: bool = True) -> list[dict]:
     """The runs of a folder, one dict per run: a run writes a "started" line and, unless it was killed,
-    an end line (finished, interrupted, failed). Runs without an end line are marked died (their
-    process is gone) or running. Lines from before run ids existed are finished runs."""
+    an end line (finished, interrupted, failed). Lines from before run ids existed are finished runs.
+    A run without an end line is marked died (its process is gone) or running where ``live``; files
+    rendered from a folder ask with ``live=False`` and get ``NO_END_LINE`` either way, so what they say
+    depends on the folder's files alone, not on which processes are alive on the machine that renders
+    them (a folder committed mid-run re-renders the same in CI)."""
     from ..engine.claims import pid_alive
 
     path = Path(out_dir) / "runs.jsonl"
@@ -302,7 +308,9 @@ def read_runs(out_dir: Path) -> list[dict]:
         run.update(entry)
     for run in runs.values():
         event = run.get("event", "finished")
-        if event == "started":
+        if event == "started" and not live:
+            run["status"] = NO_END_LINE
+        elif event == "started":
             same_host = run.get("host") == platform.node()
             alive = same_host and pid_alive(int(run.get("pid", 0) or 0))
             run["status"] = "running" if alive else "died (killed, or its machine stopped)"
@@ -330,7 +338,7 @@ def run_notes(out_dir: Path) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     # cells a run computed, counted from the records it wrote: a killed run never wrote its end line
     by_run = Counter((rec.get("provenance") or {}).get("run_id") for rec in load_records(out_dir))
-    for r in read_runs(out_dir):
+    for r in read_runs(out_dir, live=False):
         groups.setdefault((r.get("command", ""), (r.get("git") or {}).get("commit", "unknown")), []).append(r)
     notes = []
     for (command, commit), runs in groups.items():
