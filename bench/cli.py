@@ -571,6 +571,29 @@ def table_curve(
         typer.echo(f"plot: {plot}")
 
 
+@table_app.command("goal")
+def table_goal(
+    folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard.csv."),
+    defense: str = typer.Option("distill", "--defense", metavar="NAME", help="The defense judged (default distill)."),
+    control: str = typer.Option("clean-only", "--control", metavar="NAME",
+                                help="The clean-data control it must beat (default clean-only)."),
+    also: Optional[List[Path]] = typer.Option(
+        None, "--with", metavar="FOLDER", exists=True,
+        help="Pool this folder's cells too, e.g. the baselines at the same setting (repeatable)."),
+) -> None:
+    """Issue 25's goal: a defense against `none` and the clean-data control, per dataset x attack, with verdicts.
+
+    CACC gap to `none`, ASR gap to the untriggered rate, task score against the control and the best baseline
+    (Welch p over seeds), then each criterion of the goal per dataset: met or not, and where it fails."""
+    from .reporting.tables.goal import table
+
+    try:
+        text = table([folder, *(also or [])], defense, control)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(text)
+
+
 @table_app.command("grid")
 def table_grid(
     folder: Path = typer.Argument(..., metavar="FOLDER", exists=True, help="Results folder with leaderboard.csv."),

@@ -10,7 +10,7 @@ from bench.errors import BenchError
 from bench.reporting.tables import matrix
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ["fidelity", "matrix", "seeds", "grid", "defenses", "release"]
+TABLES = ["fidelity", "matrix", "seeds", "goal", "grid", "defenses", "release"]
 
 runner = CliRunner()
 
@@ -98,3 +98,62 @@ def test_the_knowledge_curve_puts_each_budget_in_its_column_and_draws_it(toy_dir
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(BenchError, match="no cell of dataset 'sst2'.*it holds: toy"):
         table(out, "sst2")
+
+
+def _goal_rows(rows: list[tuple]) -> "pd.DataFrame":
+    import pandas as pd
+
+    cols = ["dataset", "attack", "defense", "seed", "cacc", "asr", "clean_to_target"]
+    f = pd.DataFrame(rows, columns=cols)
+    return f.assign(backbone="minilm", settings="profile.train_size=null", label_regime="mixed", poison_rate=0.1,
+                    target_label=1, trigger_count=1, frr=0.0, profile="cpu")
+
+
+def test_the_goal_table_judges_each_criterion_from_the_seeds_and_names_where_it_fails(tmp_path):
+    """Issue 25's goal on a hand-made folder: on `a`, ours keeps `none`'s CACC, is above the control beyond noise
+    and at its untriggered rate; on `b`, the backdoor stays (ASR 40 over untriggered) and CACC ties the control."""
+    from bench.reporting.scores import welch_p
+    from bench.reporting.tables.goal import goal_frame, table
+
+    rows = []
+    for s, j in zip((1, 2, 3), (-0.002, 0.0, 0.002)):
+        rows += [("toy", "a", "none", s, 0.90 + j, 0.99, 0.10), ("toy", "a", "clean-only", s, 0.80 + j, 0.10, 0.10),
+                 ("toy", "a", "distill", s, 0.89 + j, 0.11, 0.10), ("toy", "a", "lora", s, 0.85 + j, 0.50, 0.10),
+                 ("toy", "b", "none", s, 0.90 + j, 0.99, 0.10), ("toy", "b", "clean-only", s, 0.80 + 5 * j, 0.1, 0.1),
+                 ("toy", "b", "distill", s, 0.80 - 5 * j, 0.50, 0.10)]
+    _goal_rows(rows).to_csv(tmp_path / "leaderboard.csv", index=False)
+    f = goal_frame(tmp_path).set_index("attack")
+    assert round(100 * f.loc["a", "cacc_vs_none"], 6) == -1.0 and round(100 * f.loc["b", "asr_gap"], 6) == 40.0
+    assert f.loc["a", "best_other"] == "lora" and f.loc["b", "best_other"] == ""  # not `none`, not the control
+    assert f.loc["a", "cacc_p"] == welch_p([0.888, 0.89, 0.892], [0.798, 0.8, 0.802]) < 0.05
+    text = table(tmp_path)
+    assert "| toy | a | mixed, 1 trigger(s), rate 0.1, target 1 | 3 | -1.0 |" in text
+    verdicts = {line.split(":")[0][2:]: line for line in text.splitlines() if line.startswith("- ")}
+    assert verdicts["CACC at least `none`'s - 1.5 on average (-5.5)"].endswith("not met")
+    assert verdicts["CACC above the control beyond noise on every attack"].endswith("not met (fails on b)")
+    assert verdicts["ASR within 15 of untriggered on the worst attack (+40.0)"].endswith("not met (fails on b)")
+    best = next(v for k, v in verdicts.items() if k.startswith("task score ahead of the best other defense"))
+    assert "not judged there): not met" in best and "on b" in best
+    # the same folder without attack b meets every criterion on a's numbers alone
+    _goal_rows([r for r in rows if r[1] == "a"]).to_csv(tmp_path / "leaderboard.csv", index=False)
+    text = table(tmp_path)
+    assert text.count(": met") == 6 and "not met" not in text, text
+    with pytest.raises(BenchError, match="no cell of defense 'ours'.*it holds: clean-only, distill, lora, none"):
+        table(tmp_path, defense="ours")
+    no_control = [r for r in rows if r[1] == "a" and r[2] != "clean-only"]
+    _goal_rows(no_control).to_csv(tmp_path / "leaderboard.csv", index=False)
+    r = runner.invoke(app, ["table", "goal", str(tmp_path)])
+    assert r.exit_code != 0 and "none of 'clean-only'" in r.output
+    # --with pools a second folder's cells (here the control); a cell in both folders counts once
+    other = tmp_path / "control"
+    other.mkdir()
+    both = _goal_rows([r for r in rows if r[1] == "a"]).assign(key=lambda f: [f"k{i}" for i in range(len(f))])
+    both[both.defense == "clean-only"].to_csv(other / "leaderboard.csv", index=False)
+    both.to_csv(tmp_path / "leaderboard.csv", index=False)
+    r = runner.invoke(app, ["table", "goal", str(tmp_path), "--with", str(other)])
+    assert r.exit_code == 0 and r.output == table([tmp_path]) + "\n", r.output
+    # one defense at two of its own settings (e.g. two budgets) is not pooled into one sample of six seeds
+    twice = both.assign(key=[f"j{i}" for i in range(len(both))], settings="profile.train_size=null; lora.r=16")
+    twice[twice.defense == "lora"].to_csv(other / "leaderboard.csv", index=False)
+    with pytest.raises(BenchError, match="holds 'lora' seed 1 more than once"):
+        table([tmp_path, other])

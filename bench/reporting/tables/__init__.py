@@ -7,5 +7,7 @@
 - `seeds`: one attack x dataset over seeds (docs/findings.md);
 - `grid`: defense x attack tables of one seed's records (docs/findings.md);
 - `defenses`: dataset x attack by defense tables from a leaderboard CSV (docs/findings.md);
-- `release`: the MuScleLoRA release's poisoned data beside our attacks (issue 13, docs/findings.md).
+- `release`: the MuScleLoRA release's poisoned data beside our attacks (issue 13, docs/findings.md);
+- `curve`: the defender-knowledge curve (issue 25);
+- `goal`: one defense judged by issue 25's goal, criterion by criterion.
 """
