@@ -233,6 +233,10 @@ class Defense:
     # settings this defense needs under a named profile, e.g. {"cpu": {"reference_size": 384}};
     # the user's --set overrides them
     profile_defaults: dict[str, dict[str, Any]] = {}
+    # False for a defense that keeps no row of the poisoned training set (``select_train`` drops them all;
+    # the clean-only control): its victim depends on the set's length only, so one trained victim serves
+    # every attack on a dataset x seed (the runner checks the promise when it trains one)
+    reads_training_rows: bool = True
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -11,7 +11,8 @@ defender's clean rows, the same rows every clean-row defense of a dataset x seed
   ``round(n_train / n_clean)`` times. Version 1 took the profile's epochs over the clean rows alone, 36
   steps for 384 rows under the cpu profile, and stayed near chance on clean dev (SST-2 main job: best epoch 57.4 %),
   which measured the schedule, not what the rows are worth. ``--set clean-only.match_steps=false``
-  gives the old schedule.
+  gives the old schedule. Its model depends on the poisoned set's length only, so one trained victim
+  serves every attack on a dataset x seed (``reads_training_rows = False``).
 * ``none+clean``: plain full fine-tuning on the poisoned training set plus the clean rows.
 
 A defense that uses clean rows should beat both to claim the method works. The leaderboard puts
@@ -70,6 +71,7 @@ class CleanOnly(_CleanRows):
 
     Config = CleanOnlyConfig
     version = 2  # 2: match_steps (the clean rows repeated to the training set's length per epoch)
+    reads_training_rows = False  # every attack on a dataset x seed trains the same model: one victim serves them
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray:
         self._n_train = len(rows)  # a fresh instance per cell: this never reaches another cell

@@ -75,3 +75,44 @@ def test_none_plus_clean_keeps_its_record_keys():
 
     cfg = config_dict(registry.get("defense", "none+clean").Config())
     assert cfg == {"n_clean": None} and registry.get("defense", "none+clean").version == 1
+
+
+def test_clean_only_trains_one_victim_for_every_attack_and_states_each_cells_own_poison(toy_dir, tmp_path):
+    """clean-only keeps no poisoned row, so BadNets and AddSent on one dataset x seed train the same model: the
+    second cell loads the first one's victim (same key, same CACC) and still counts its own poisoned rows."""
+    prof = get_profile("smoke", {"epochs": "1", "clean_size": "40"})
+    data, store = DataCache().get(str(toy_dir)), VictimStore(tmp_path / "victims")
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["clean-only"], [1], prof,
+                 {"badnets": {"label_regime": "mixed", "poison_rate": 0.1}, "addsent": {"poison_rate": 0.2}})
+    first, second = (run_cell(c, store=store, data=data) for c in cells)
+    assert first["row"]["victim_trained_here"] and not second["row"]["victim_trained_here"]
+    assert first["row"]["victim"] == second["row"]["victim"] and first["row"]["cacc"] == second["row"]["cacc"]
+    for rec in (first, second):
+        row = rec["row"]
+        assert row["filter_recall"] == 1.0 and row["filter_precision"] == row["n_poisoned"] / row["n_train"]
+    assert first["row"]["n_poisoned"] != second["row"]["n_poisoned"]
+    # none trains one victim per attack: its training rows differ
+    plain = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent"], ["none"], [1], prof,
+                 {"badnets": {"label_regime": "mixed", "poison_rate": 0.1}, "addsent": {"poison_rate": 0.2}})
+    assert len({run_cell(c, store=store, data=data)["row"]["victim"] for c in plain}) == 2
+
+
+def test_a_defense_that_promises_to_keep_no_row_and_keeps_one_is_refused(toy_dir, tmp_path):
+    import numpy as np
+
+    class Liar(Defense):
+        """Test plugin: says its victim does not depend on the training rows, then keeps one."""
+
+        reads_training_rows = False
+
+        def select_train(self, rows, ctx):
+            keep = np.zeros(len(rows), dtype=bool)
+            keep[0] = True
+            return keep
+
+    registry.register("defense", "test-liar")(Liar)
+    try:
+        with pytest.raises(ContractError, match="reads_training_rows = False.*kept 1 row"):
+            _run("test-liar", toy_dir, tmp_path)
+    finally:
+        registry._ENTRIES["defense"].pop("test-liar")

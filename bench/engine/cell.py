@@ -113,8 +113,9 @@ def victim_identity(cell: Cell, prep: Prepared, spec: DefenseSpec | None) -> dic
     """What a trained victim depends on: training rows (content), the dev split, the training-side
     identity of the defense (None: plain fine-tuning), backbone, training settings, seed."""
     t = prep.poisoned.train
+    reads = spec is None or spec.cls.reads_training_rows  # (a control that keeps no row: only the length counts)
     return {
-        "train": _digest(t["text"], t["label"], t["poisoned"]),
+        "train": _digest(t["text"], t["label"], t["poisoned"]) if reads else {"rows": len(t)},
         "selection": _digest(prep.selection["text"], prep.selection["label"]),
         "clean": _digest(prep.clean_pool["text"], prep.clean_pool["label"]),
         "num_labels": prep.data.num_labels,
@@ -225,6 +226,10 @@ class Evaluator:
         """Train a victim on the rows ``trainer`` keeps and adds (and its reference rows); the victim's info."""
         t = prep.poisoned.train
         keep, texts, labels, added = _training_rows(trainer, t, ctx)
+        if not trainer.reads_training_rows and keep.any():
+            raise ContractError(f"{trainer.name} declares reads_training_rows = False (its victim is shared across "
+                                f"attacks) but its select_train kept {int(keep.sum())} row(s); drop every row or "
+                                "leave reads_training_rows True")
         n_ref = trainer.reference_size(loaded)
         reference = ctx.clean(n_ref) if n_ref else None
         device = pick_device(cell.profile.device)
@@ -347,6 +352,8 @@ def build_record(cell: Cell, data: TextDataset, prep: Prepared, victim: Victim, 
                  stealth: dict, n_clean_used: int, defense_stats: dict, wall: float, started: str,
                  git: dict | None) -> dict:
     p, prof, info = prep.poisoned, cell.profile, victim.info
+    if not cell.defense.cls.reads_training_rows:  # a victim shared across attacks: this cell's poison, not its trainer's
+        info = {**info, **_filter_stats(np.zeros(len(p.train), dtype=bool), np.asarray(p.train["poisoned"]))}
     config = cell_config(cell, data)
     key = config_key(config)
     counts = {
