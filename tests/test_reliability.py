@@ -478,3 +478,16 @@ def test_precision_auto_is_fp32_on_every_device_and_bf16_only_when_asked():
             assert isinstance(autocast(torch.device(kind), precision), contextlib.nullcontext), (kind, precision)
     ctx = autocast(torch.device("cpu"), "bf16")
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+
+
+def test_the_estimate_charges_clean_only_one_training_per_dataset_and_seed(toy_dir):
+    """clean-only's victim serves every attack (it keeps no poisoned row): three attacks, one training each
+    seed; lora trains once per attack."""
+    from bench.runner import DataCache, estimate
+
+    cells = plan([str(toy_dir)], ["tiny-bert"], ["badnets", "addsent", "style"], ["clean-only", "lora"], [1, 2],
+                 get_profile("smoke"))
+    clock = estimate(cells, DataCache(), [])
+    trained = {(c.defense.name, c.attack.name, c.seed) for c in cells if clock.steps[id(c)] > 0}
+    assert {(d, s) for d, _, s in trained if d == "clean-only"} == {("clean-only", 1), ("clean-only", 2)}
+    assert len([t for t in trained if t[0] == "clean-only"]) == 2 and len([t for t in trained if t[0] == "lora"]) == 6

@@ -385,13 +385,21 @@ def _copy_record(out_dir: Path, key: str, src: Path, rec: dict) -> None:
 
 def estimate(todo: list[Cell], data: DataCache, known: list[dict]) -> GridClock:
     """The clock of the cells to run (in order): the first post-training cell of a victim group trains
-    its plain victim, the group's others load it; a training-time defense trains its own."""
+    its plain victim, the group's others load it; a training-time defense trains its own, once per dataset x
+    seed for one that keeps no training row (its victim serves every attack)."""
     expected, seen_groups = {}, set()
     for cell in todo:
         group = _grid_order(cell)[:5]  # cells of one group share the plain victim
-        trains = cell.defense.cls.acts_in_training() or group not in seen_groups
-        if not cell.defense.cls.acts_in_training():
+        cls = cell.defense.cls
+        if cls.acts_in_training() and not cls.reads_training_rows:  # one victim for every attack (clean-only)
+            group = (cell.dataset, str(cell.backbone), cell.seed, cell.defense.name,
+                     json.dumps(config_dict(cell.defense.config), sort_keys=True, default=str))
+            trains = group not in seen_groups
             seen_groups.add(group)
+        else:
+            trains = cls.acts_in_training() or group not in seen_groups
+            if not cls.acts_in_training():
+                seen_groups.add(group)
         expected[id(cell)] = _expected_steps(cell, data.get(cell.dataset)) if trains else 0
     inputs = {id(cell): _expected_inputs(cell, data.get(cell.dataset)) for cell in todo}
     return GridClock(todo, expected, known=known, inputs=inputs)
