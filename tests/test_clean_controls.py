@@ -60,12 +60,17 @@ def test_a_defense_that_keeps_and_adds_nothing_is_refused(toy_dir, tmp_path):
         def select_train(self, rows, ctx):
             return np.zeros(len(rows), dtype=bool)
 
-    registry.register("defense", "test-nothing")(Nothing)
+    _refused(Nothing, "nothing to train on", toy_dir, tmp_path)
+
+
+def _refused(cls, match, toy_dir, tmp_path):
+    """Register a test plugin, run one cell of it, expect a ContractError matching ``match``, unregister it."""
+    registry.register("defense", "test-plugin")(cls)
     try:
-        with pytest.raises(ContractError, match="nothing to train on"):
-            _run("test-nothing", toy_dir, tmp_path)
+        with pytest.raises(ContractError, match=match):
+            _run("test-plugin", toy_dir, tmp_path)
     finally:
-        registry._ENTRIES["defense"].pop("test-nothing")
+        registry._ENTRIES["defense"].pop("test-plugin")
 
 
 def test_none_plus_clean_keeps_its_record_keys():
@@ -110,9 +115,4 @@ def test_a_defense_that_promises_to_keep_no_row_and_keeps_one_is_refused(toy_dir
             keep[0] = True
             return keep
 
-    registry.register("defense", "test-liar")(Liar)
-    try:
-        with pytest.raises(ContractError, match="reads_training_rows = False.*kept 1 row"):
-            _run("test-liar", toy_dir, tmp_path)
-    finally:
-        registry._ENTRIES["defense"].pop("test-liar")
+    _refused(Liar, "reads_training_rows = False.*kept 1 row", toy_dir, tmp_path)
