@@ -75,8 +75,9 @@ def goal_frame(folder: Path | list[Path], defense: str = "distill", control: str
         mine = by[defense]
         for name in (control, reference):
             if name not in by:
+                fix = "run it" + (", or name another control with --control" if name == control else "")
                 raise BenchError(f"{where}: {dataset} {attack} has cells of {defense!r} but none of {name!r} at "
-                                 f"the same setting ({setting}); run it, or name another with --control")
+                                 f"the same setting ({setting}); {fix}")
         ctl, ref = by[control], by[reference]
         others = {d: x.score.mean() for d, x in by.items() if d not in (defense, control, reference)}
         best = max(others, key=others.get) if others else None
