@@ -203,7 +203,11 @@ def interval_text(mean: object, lo: object, hi: object, n: int) -> str:
 
 def p_text(a: np.ndarray, b: np.ndarray, digits: int = 3) -> str:
     """Welch's p of two seed samples as table text: "-" with fewer than 2 seeds on a side, "< 0.001" below that."""
-    p = welch_p(a, b)
+    return p_format(welch_p(a, b), digits)
+
+
+def p_format(p: float, digits: int = 3) -> str:
+    """A p-value as table text: "-" when there is none (nan), "< 0.001" below that."""
     if math.isnan(p):
         return "-"
     return "< 0.001" if p < 0.001 else f"{p:.{digits}f}"

@@ -26,16 +26,12 @@ import pandas as pd
 
 from ...errors import BenchError
 from ..results import read_leaderboard_csv
-from ..scores import shared_settings, task_score, welch_p
+from ..scores import p_format, shared_settings, task_score, welch_p
 
 ALPHA = 0.05
 CACC_SLACK = 0.015  # CACC at least none's minus 1.5 points, on average over the attacks
 ASR_MEAN = 0.05  # ASR within 5 points of the untriggered rate on average ...
 ASR_WORST = 0.15  # ... and within 15 on the worst attack
-
-
-def _p(p: float) -> str:
-    return "-" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _seed_rows(folders: list[Path]) -> pd.DataFrame:
@@ -138,10 +134,10 @@ def table(folder: Path | list[Path], defense: str = "distill", control: str = "c
     for r in f.itertuples():
         setting = f"{r.label_regime}, {r.trigger_count} trigger(s), rate {r.poison_rate:g}, target {r.target_label}"
         out.append(f"| {r.dataset} | {r.attack} | {setting} | {r.seeds}{'' if r.seeds >= 3 else ' †'} "
-                   f"| {100 * r.cacc_vs_none:+.1f} | {_p(r.cacc_p)} | {100 * r.asr_gap:+.1f} "
+                   f"| {100 * r.cacc_vs_none:+.1f} | {p_format(r.cacc_p)} | {100 * r.asr_gap:+.1f} "
                    f"| {100 * r.control_asr_gap:+.1f} | {100 * r.score:.1f} | {100 * r.score_vs_control:+.1f} "
-                   f"| {_p(r.score_p)} | {f'`{r.best_other}`' if r.best_other else '-'} "
-                   f"| {f'{100 * r.score_vs_best:+.1f}' if r.best_other else '-'} | {_p(r.best_p)} |")
+                   f"| {p_format(r.score_p)} | {f'`{r.best_other}`' if r.best_other else '-'} "
+                   f"| {f'{100 * r.score_vs_best:+.1f}' if r.best_other else '-'} | {p_format(r.best_p)} |")
     if (f.seeds < 3).any():
         out += ["", "† fewer than 3 seeds: an anecdote, not a claim."]
     for dataset, g in f.groupby("dataset", sort=True):
