@@ -88,24 +88,14 @@ class DistillConfig:
     # the teacher's error (its trim_alpha lower bound) keeps the teacher's target, least likely labels first
     label_trust: str = "trim"
     z_bar: float = 3.0
-    # version 5 candidate: the class with the largest positive excess z is flagged even under z_bar (the
-    # defender knows its set is poisoned; a class that received flipped rows shows the largest excess)
-    flag_top_class: bool = added(False, "issue 25, session 27")
     trim_alpha: float = 0.05
     # version 3: drop the training rows holding a word far more frequent there than in the clean rows
     token_guard: bool = True
     token_ratio: float = 5.0
     token_alpha: float = 0.01
-    # version 5: drop the training rows that sit apart from the clean rows in the hidden states of models
-    # fine-tuned on the training set ("cross-fit": two models on random halves, each scoring the other
-    # half; "victim": the one model on the whole set), by a 20-neighbour share or a cross-fitted logistic
-    # separation against the clean rows' (1 - shift_alpha) quantile
-    shift_guard: bool = added(False, "issue 25, session 27")
-    shift_model: str = added("cross-fit", "issue 25, session 27")
-    shift_method: str = added("knn", "issue 25, session 27")
-    shift_layer: int = added(-1, "issue 25, session 27")
-    shift_pooling: str = added("first", "issue 25, session 27")
-    shift_alpha: float = added(0.05, "issue 25, session 27")
+    # version 5 candidate: the class with the largest positive excess z is flagged even under z_bar (the
+    # defender knows its set is poisoned; a class that received flipped rows shows the largest excess)
+    flag_top_class: bool = added(False, "issue 25, session 27")
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -120,26 +110,18 @@ class DistillConfig:
                               "(e.g. --set distill.label_trust=none for version 1)")
         if not self.z_bar > 0:
             raise ConfigError(f"distill.z_bar={self.z_bar}: a z-score bar > 0 (e.g. 3.0)")
+        if not isinstance(self.flag_top_class, bool):
+            raise ConfigError(f"distill.flag_top_class={self.flag_top_class!r}: true or false "
+                              "(e.g. --set distill.flag_top_class=true)")
         if not 0 < self.trim_alpha < 1:
             raise ConfigError(f"distill.trim_alpha={self.trim_alpha}: a test level in (0, 1) (e.g. 0.05)")
         if not self.token_ratio >= 1:
             raise ConfigError(f"distill.token_ratio={self.token_ratio}: a frequency ratio >= 1 (e.g. 5.0)")
         if not 0 < self.token_alpha < 1:
             raise ConfigError(f"distill.token_alpha={self.token_alpha}: a test level in (0, 1) (e.g. 0.01)")
-        for name, value, allowed in (("shift_model", self.shift_model, SHIFT_MODELS),
-                                     ("shift_method", self.shift_method, SHIFT_METHODS),
-                                     ("shift_pooling", self.shift_pooling, ("first", "mean"))):
-            if value not in allowed:
-                raise ConfigError(f"distill.{name}={value!r}: one of {', '.join(allowed)} "
-                                  f"(e.g. --set distill.{name}={allowed[0]})")
-        if not 0 < self.shift_alpha < 1:
-            raise ConfigError(f"distill.shift_alpha={self.shift_alpha}: a share of clean rows in (0, 1) (e.g. 0.05)")
 
 
 LABEL_TRUST = ("trim", "class-excess", "none")
-SHIFT_MODELS = ("cross-fit", "victim")
-SHIFT_METHODS = ("knn", "logistic")
-NEIGHBOURS, FOLDS = 20, 5
 
 
 def _words(text: str) -> set[str]:
@@ -168,43 +150,6 @@ def shifted_words(train_texts: list[str], clean_texts: list[str], ratio: float =
                 out.append({"word": w, "train_rows": x, "clean_rows": df_clean[w], "ratio": round(share / p0, 2),
                             "p": pval})
     return sorted(out, key=lambda r: -r["ratio"])
-
-
-def neighbour_share(train_x: np.ndarray, clean_x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
-    """Every row's (training rows, then clean rows) share of training rows among its ``k`` nearest
-    other rows by cosine, in the pooled rows."""
-    x = np.concatenate([train_x, clean_x]).astype(np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    is_train = np.arange(len(x)) < len(train_x)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    k = min(k, len(x) - 1)
-    return is_train[np.argpartition(-sim, k - 1, axis=1)[:, :k]].mean(1)
-
-
-def separation_scores(train_x: np.ndarray, clean_x: np.ndarray, folds: int = FOLDS) -> np.ndarray:
-    """Every row's out-of-fold decision score of a logistic regression telling training rows from clean
-    rows (standardised features, balanced classes, stratified folds)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.concatenate([train_x, clean_x])
-    y = np.r_[np.ones(len(train_x)), np.zeros(len(clean_x))].astype(int)
-    score = np.zeros(len(y))
-    for fit, out in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, y):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced"))
-        score[out] = clf.fit(x[fit], y[fit]).decision_function(x[out])
-    return score
-
-
-def apart_from_clean(train_x: np.ndarray, clean_x: np.ndarray, method: str = "knn",
-                     alpha: float = 0.05) -> np.ndarray:
-    """The training rows whose score (``neighbour_share`` or ``separation_scores``) exceeds the clean
-    rows' ``1 - alpha`` quantile: about ``alpha`` of rows like the clean ones pass the bar."""
-    score = (neighbour_share if method == "knn" else separation_scores)(train_x, clean_x)
-    return score[:len(train_x)] > np.quantile(score[len(train_x):], 1 - alpha)
 
 
 def excess_disagreement(train_pred: np.ndarray, train_label: np.ndarray, clean_pred: np.ndarray,
@@ -278,38 +223,11 @@ class Distill(Defense):
             bad = {r["word"] for r in shifted}
             keep = np.array([not (_words(t) & bad) for t in texts], dtype=bool)
             ctx.log(shifted_words=shifted[:20], n_shifted_words=len(shifted), rows_dropped=int((~keep).sum()))
-        if c.shift_guard:
-            apart = self._apart_rows(rows, clean, ctx)
-            keep = ~apart if keep is None else keep & ~apart
         # tau[c]: a disagreeing row labelled c keeps its label where the teacher gives it >= tau[c]
         self._tau = torch.full((ctx.num_labels,), float("inf"))
         if c.label_trust != "none":
             self._tau = self._label_thresholds(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx)
         return keep
-
-    def _apart_rows(self, rows: datasets.Dataset, clean: datasets.Dataset, ctx: DefenseContext) -> np.ndarray:
-        """Version 5's guard: the training rows apart from the clean rows in the hidden states of a model
-        fine-tuned on the training set (``shift_model``), by ``shift_method``."""
-        c = self.config
-        texts, labels, clean_texts = list(rows["text"]), list(rows["label"]), list(clean["text"])
-
-        def apart(model, idx):
-            states = [model.hidden_states(t, c.shift_layer, c.shift_pooling)
-                      for t in ([texts[i] for i in idx], clean_texts)]
-            return apart_from_clean(*states, c.shift_method, c.shift_alpha)
-
-        out = np.zeros(len(texts), dtype=bool)
-        if c.shift_model == "victim":
-            out[:] = apart(ctx.plain_victim(), np.arange(len(texts)))
-        else:  # each half scored by a model fine-tuned on the other half: no scored row was seen in training
-            half = ctx.rng("distill-shift-halves").permutation(len(texts)) % 2 == 0
-            for side in (True, False):
-                fit_rows, score_rows = np.flatnonzero(half == side), np.flatnonzero(half != side)
-                model = ctx.fit([texts[i] for i in fit_rows], [labels[i] for i in fit_rows],
-                                purpose=f"distill-shift-{int(side)}")
-                out[score_rows] = apart(model, score_rows)
-        ctx.log(shift_rows_dropped=int(out.sum()))
-        return out
 
     def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
         """The clean rows the teacher learnt from join the student's data."""

@@ -70,8 +70,7 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
 
 @pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5},
                                  {"label_trust": "labels"}, {"z_bar": 0.0}, {"trim_alpha": 0.0},
-                                 {"token_ratio": 0.5}, {"token_alpha": 1.0}, {"shift_model": "teacher"},
-                                 {"shift_method": "svm"}, {"shift_pooling": "max"}, {"shift_alpha": 0.0}])
+                                 {"token_ratio": 0.5}, {"token_alpha": 1.0}, {"flag_top_class": "yes"}])
 def test_bad_settings_name_the_fix(bad):
     with pytest.raises(ConfigError, match="distill"):
         DistillConfig(**bad).validate()
@@ -243,69 +242,6 @@ def test_trimming_distrusts_about_as_many_labels_as_were_flipped_and_those_the_t
     assert 35 <= trim[1]["distrusted"] - clean[1]["distrusted"] <= 65
     assert abs(trim[0]["distrusted"] - clean[0]["distrusted"]) <= 10  # class 0 only lost 50 rows it agreed with
     assert clean[1]["distrusted"] < 0.5 * clean[1]["disagree"]  # a clean class keeps most hard labels
-
-
-@pytest.mark.parametrize("method", ["knn", "logistic"])
-def test_the_shift_guard_finds_rows_the_clean_rows_lack_and_keeps_about_alpha_of_the_honest(method):
-    import numpy as np
-
-    from defenses.distill import apart_from_clean
-
-    rng = np.random.default_rng(0)
-    clean = rng.normal(size=(384, 16))
-    honest = rng.normal(size=(1350, 16))
-    shifted = rng.normal(size=(150, 16)) * 0.3 + 3.0  # a region no clean row reaches
-    flagged = apart_from_clean(np.concatenate([honest, shifted]), clean, method, alpha=0.05)
-    assert flagged[1350:].mean() >= 0.9
-    assert flagged[:1350].mean() <= 0.12
-    # no shift: about alpha of the training rows pass the clean rows' bar, not most of them
-    assert apart_from_clean(rng.normal(size=(1500, 16)), clean, method, alpha=0.05).mean() <= 0.12
-
-
-def test_the_cross_fitted_shift_guard_scores_every_row_with_a_model_that_never_saw_it():
-    import numpy as np
-
-    fits, scored = [], []
-
-    class Model:
-        def __init__(self, texts):
-            self.seen = set(texts)
-
-        def hidden_states(self, texts, layer, pooling):
-            scored.append((self.seen, list(texts)))
-            rng = np.random.default_rng(len(texts))
-            x = rng.normal(size=(len(texts), 8))
-            x[[i for i, t in enumerate(texts) if "styled" in t]] += 4.0
-            return x
-
-    clean = datasets.Dataset.from_dict({"text": [f"clean {i}" for i in range(200)], "label": [0, 1] * 100})
-
-    class Ctx:
-        num_labels = 2
-
-        def clean(self, n=None):
-            return clean
-
-        def rng(self, purpose):
-            return np.random.default_rng(0)
-
-        def fit(self, texts, labels, purpose):
-            fits.append((purpose, list(texts)))
-            return Model(texts) if purpose.startswith("distill-shift") else SimpleNamespace(
-                model=torch.nn.Linear(1, 1), info={})
-
-        def log(self, **kw):
-            pass
-
-    texts = [f"row {i}" + (" styled" if i % 10 == 0 else "") for i in range(600)]
-    rows = datasets.Dataset.from_dict({"text": texts, "label": [1] * 600})
-    d = Distill(DistillConfig(label_trust="none", token_guard=False, shift_guard=True))
-    keep = d.select_train(rows, Ctx())
-    halves = [set(t) for p, t in fits if p.startswith("distill-shift")]
-    assert len(halves) == 2 and not halves[0] & halves[1] and halves[0] | halves[1] == set(texts)
-    for seen, batch in scored:  # each model scores the clean rows and the half it was not trained on
-        assert not seen & set(batch)
-    assert not keep[::10].any() and keep.mean() >= 0.8
 
 
 def test_flag_top_class_distrusts_every_disagreeing_label_of_the_class_with_the_largest_excess():

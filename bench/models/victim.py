@@ -65,12 +65,9 @@ class Victim:
         return self.logits(texts).argmax(-1).astype(np.int64) if len(texts) else np.zeros(0, dtype=np.int64)
 
     @torch.no_grad()
-    def hidden_states(self, texts: list[str], layer: int = -1, pooling: str = "first") -> np.ndarray:
+    def hidden_states(self, texts: list[str], layer: int = -1) -> np.ndarray:
         """The pooled hidden state of ``layer`` (0 = embeddings output, -1 = last layer) per text:
-        ``pooling="first"``: the first token for encoders, the last non-padding token for decoder LLMs;
-        ``"mean"``: the mean over the text's (non-padding) tokens."""
-        if pooling not in ("first", "mean"):
-            raise ValueError(f"pooling={pooling!r}: 'first' (the first token, the last for decoders) or 'mean'")
+        the first token for encoders, the last non-padding token for decoder LLMs."""
         enc = self.encode(texts)
         out = None
         order = np.argsort([len(f["input_ids"]) for f in enc.features], kind="stable")
@@ -82,10 +79,7 @@ class Victim:
             batch = enc.batch(idx, self.device)
             with autocast(self.device, self.settings.precision):
                 h = self.model(**batch, output_hidden_states=True).hidden_states[layer].float()
-            if pooling == "mean":
-                mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-                pooled = (h * mask).sum(1) / mask.sum(1).clamp_min(1)
-            elif decoder:
+            if decoder:
                 last = batch["attention_mask"].sum(1) - 1
                 pooled = h[torch.arange(len(idx)), last]
             else:
