@@ -59,6 +59,16 @@ the rest keep their label, as in version 2. A flagged class still keeps no disag
 classes lose the labels of a few hard rows (the bound's margin); a class that received flipped rows
 loses about as many labels as it received, the ones the teacher contradicts most, which are where a
 content-preserving trigger's flipped rows sit (their content is another class).
+
+Version 5 (``flag_top_class=True``, the default) acts on what version 4 measured under style and
+syntactic poison: the seed whose class test flagged the target class was the one near the untriggered
+rate, while in the others z stayed under 3 and the trimmed labels were half honest (the teacher's
+probability of the label ranks a flipped row below an honest hard row only 63-69 % of the time;
+results/probes/distill-trust). A defender running a backdoor defense assumes its set is poisoned, so the
+class with the largest positive excess z is flagged whatever its size: none of its disagreeing rows keeps
+its label; the other classes are trimmed as in version 4. The cost where no class received flipped rows:
+the hard rows of one class learn the teacher's reading instead of their labels. Chosen on a declared
+tuning set (docs/tuning.md), not on a headline number.
 """
 
 from __future__ import annotations
@@ -72,7 +82,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.config import ConfigError, added
+from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, StepState
 from bench.registry import register
 
@@ -93,9 +103,9 @@ class DistillConfig:
     token_guard: bool = True
     token_ratio: float = 5.0
     token_alpha: float = 0.01
-    # version 5 candidate: the class with the largest positive excess z is flagged even under z_bar (the
+    # version 5: the class with the largest positive excess z is flagged even under z_bar (the
     # defender knows its set is poisoned; a class that received flipped rows shows the largest excess)
-    flag_top_class: bool = added(False, "issue 25, session 27")
+    flag_top_class: bool = True
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -202,7 +212,7 @@ class Distill(Defense):
     target, a label only where the teacher and class test trust it; rows with shifted words dropped."""
 
     Config = DistillConfig
-    version = 4  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"): old records keyed apart
+    version = 5  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"; v5: flag_top_class): old records keyed apart
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
         """The teacher is trained here (the training set's size sets its step count); with
