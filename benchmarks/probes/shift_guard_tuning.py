@@ -105,46 +105,57 @@ def dropped(score, n_train):
     return score[:n_train] > bar
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def tuning_setup(argv: list[str] | None, doc: str, out: str):
+    """A probe on the declared style tuning set: its arguments (transforms, seeds, output folder), its
+    start time, the torch threads it uses and the main job's cells on SST-2."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--transforms", nargs="+", default=["poetry", "shakespeare"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
-    ap.add_argument("--out", type=Path, default=Path("results/probes/shift-guard-tuning"))
+    ap.add_argument("--out", type=Path, default=Path(out))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    threads = configure_threads()["threads"]
-    main_job = MainJobCells("sst2")
-    prof = main_job.profile
-    cells = []
+    return args, t0, configure_threads()["threads"], MainJobCells("sst2")
+
+
+def tuning_cells(main_job: MainJobCells, args: argparse.Namespace):
+    """(transform, seed, poisoned training rows, clean rows, defense context) of each declared tuning
+    cell: SST-2 StyleBkd with one transform, at the main job's setting."""
     for transform in args.transforms:
         for seed in args.seeds:
-            cell, prep, ctx = main_job.cell("style", "distill", seed, {"style": {"transform": transform}})
-            train, clean = prep.poisoned.train, ctx.clean()
-            texts = list(train["text"])
-            flags = np.asarray(train["poisoned"]) == 1
-            loaded = ctx.backbone()
-            layers = [0, loaded.model.config.num_hidden_layers // 2, -1]
-            tr, cl = (pooled_states(loaded.model, loaded.tokenizer, t, prof.max_length, prof.eval_batch_size, layers)
-                      for t in (texts, list(clean["text"])))
-            reps = {f"layer {layer}, {pooling}": (tr[(layer, pooling)], cl[(layer, pooling)])
-                    for pooling in POOLINGS for layer in layers}
-            res = {}
-            for name, (a, b) in reps.items():
-                for method, fn in (("knn", knn_scores), ("logistic", logistic_scores)):
-                    flagged = dropped(fn(a, b), len(a))
-                    res[f"{method}: {name}"] = {"recall": round(float(flagged[flags].mean()), 4),
-                                                "honest_dropped": round(float(flagged[~flags].mean()), 4)}
-            from sklearn.feature_extraction.text import TfidfVectorizer
+            _, prep, ctx = main_job.cell("style", "distill", seed, {"style": {"transform": transform}})
+            yield transform, seed, prep.poisoned.train, ctx.clean(), ctx
 
-            grams = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, sublinear_tf=True)
-            x = grams.fit_transform(texts + list(clean["text"]))
-            flagged = dropped(logistic_scores(x[:len(texts)], x[len(texts):]), len(texts))
-            res["logistic: char 2-4-grams"] = {"recall": round(float(flagged[flags].mean()), 4),
-                                               "honest_dropped": round(float(flagged[~flags].mean()), 4)}
-            cells.append({"transform": transform, "seed": seed, "poisoned_rows": int(flags.sum()),
-                          "rows": len(train), "clean_rows": len(clean), "candidates": res})
-            print(json.dumps({"transform": transform, "seed": seed,
-                              **{k: (v["recall"], v["honest_dropped"]) for k, v in res.items()}}), flush=True)
+
+def main(argv: list[str] | None = None) -> str:
+    args, t0, threads, main_job = tuning_setup(argv, __doc__, "results/probes/shift-guard-tuning")
+    prof = main_job.profile
+    cells = []
+    for transform, seed, train, clean, ctx in tuning_cells(main_job, args):
+        texts = list(train["text"])
+        flags = np.asarray(train["poisoned"]) == 1
+        loaded = ctx.backbone()
+        layers = [0, loaded.model.config.num_hidden_layers // 2, -1]
+        tr, cl = (pooled_states(loaded.model, loaded.tokenizer, t, prof.max_length, prof.eval_batch_size, layers)
+                  for t in (texts, list(clean["text"])))
+        reps = {f"layer {layer}, {pooling}": (tr[(layer, pooling)], cl[(layer, pooling)])
+                for pooling in POOLINGS for layer in layers}
+        res = {}
+        for name, (a, b) in reps.items():
+            for method, fn in (("knn", knn_scores), ("logistic", logistic_scores)):
+                flagged = dropped(fn(a, b), len(a))
+                res[f"{method}: {name}"] = {"recall": round(float(flagged[flags].mean()), 4),
+                                            "honest_dropped": round(float(flagged[~flags].mean()), 4)}
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        grams = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), min_df=3, sublinear_tf=True)
+        x = grams.fit_transform(texts + list(clean["text"]))
+        flagged = dropped(logistic_scores(x[:len(texts)], x[len(texts):]), len(texts))
+        res["logistic: char 2-4-grams"] = {"recall": round(float(flagged[flags].mean()), 4),
+                                           "honest_dropped": round(float(flagged[~flags].mean()), 4)}
+        cells.append({"transform": transform, "seed": seed, "poisoned_rows": int(flags.sum()),
+                      "rows": len(train), "clean_rows": len(clean), "candidates": res})
+        print(json.dumps({"transform": transform, "seed": seed,
+                          **{k: (v["recall"], v["honest_dropped"]) for k, v in res.items()}}), flush=True)
     names = list(cells[0]["candidates"])
     score = {k: float(np.mean([c["candidates"][k]["recall"] - c["candidates"][k]["honest_dropped"] for c in cells]))
              for k in names}

@@ -30,17 +30,14 @@ Writes ``OUT/probe.json`` and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.models.hardware import configure_threads
 from bench.reporting.results import provenance, write_text_atomic
-from main_job_cell import MainJobCells
-from shift_guard_tuning import POOLINGS, dropped, knn_scores, logistic_scores, pooled_states
+from shift_guard_tuning import POOLINGS, dropped, knn_scores, logistic_scores, pooled_states, tuning_cells, tuning_setup
 
 MIN_RECALL, MAX_HONEST = 0.5, 0.10
 GUARDS = (("knn", knn_scores), ("logistic", logistic_scores))
@@ -65,53 +62,43 @@ def summary(flagged, flags, flipped):
 
 
 def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--transforms", nargs="+", default=["poetry", "shakespeare"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
-    ap.add_argument("--out", type=Path, default=Path("results/probes/victim-shift-tuning"))
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    threads = configure_threads()["threads"]
-    main_job = MainJobCells("sst2")
+    args, t0, threads, main_job = tuning_setup(argv, __doc__, "results/probes/victim-shift-tuning")
     prof = main_job.profile
     cells = []
-    for transform in args.transforms:
-        for seed in args.seeds:
-            cell, prep, ctx = main_job.cell("style", "distill", seed, {"style": {"transform": transform}})
-            train, clean = prep.poisoned.train, ctx.clean()
-            texts, labels = list(train["text"]), list(train["label"])
-            clean_texts = list(clean["text"])
-            flags = np.asarray(train["poisoned"]) == 1
-            flipped = np.asarray(train["label"]) != np.asarray(train["orig_label"])
-            timing = {}
+    for transform, seed, train, clean, ctx in tuning_cells(main_job, args):
+        texts, labels = list(train["text"]), list(train["label"])
+        clean_texts = list(clean["text"])
+        flags = np.asarray(train["poisoned"]) == 1
+        flipped = np.asarray(train["label"]) != np.asarray(train["orig_label"])
+        timing = {}
 
-            t = time.perf_counter()
-            victim = ctx.plain_victim()
-            timing["victim_s"] = round(time.perf_counter() - t, 1)
-            n_layers = victim.model.config.num_hidden_layers
-            keys = [(layer, pooling) for pooling in POOLINGS for layer in (n_layers // 2, -1)]
-            layers = sorted({k[0] for k in keys})
-            tr, cl = (states(victim.model, victim.tokenizer, x, prof, layers) for x in (texts, clean_texts))
-            res = {f"victim, {k}": summary(v, flags, flipped) for k, v in guard_flags(tr, cl, keys).items()}
+        t = time.perf_counter()
+        victim = ctx.plain_victim()
+        timing["victim_s"] = round(time.perf_counter() - t, 1)
+        n_layers = victim.model.config.num_hidden_layers
+        keys = [(layer, pooling) for pooling in POOLINGS for layer in (n_layers // 2, -1)]
+        layers = sorted({k[0] for k in keys})
+        tr, cl = (states(victim.model, victim.tokenizer, x, prof, layers) for x in (texts, clean_texts))
+        res = {f"victim, {k}": summary(v, flags, flipped) for k, v in guard_flags(tr, cl, keys).items()}
 
-            half = ctx.rng("probe-halves").permutation(len(texts)) % 2 == 0
-            flagged = {}
-            t = time.perf_counter()
-            for side in (True, False):
-                fit_rows, score_rows = np.flatnonzero(half == side), np.flatnonzero(half != side)
-                model = ctx.fit([texts[i] for i in fit_rows], [labels[i] for i in fit_rows],
-                                purpose=f"probe-half-{int(side)}")
-                tr = states(model.model, model.tokenizer, [texts[i] for i in score_rows], prof, layers)
-                cl = states(model.model, model.tokenizer, clean_texts, prof, layers)
-                for k, v in guard_flags(tr, cl, keys).items():
-                    flagged.setdefault(k, np.zeros(len(texts), dtype=bool))[score_rows] = v
-            timing["cross_fit_s"] = round(time.perf_counter() - t, 1)
-            res.update({f"cross-fit, {k}": summary(v, flags, flipped) for k, v in flagged.items()})
-            cells.append({"transform": transform, "seed": seed, "poisoned_rows": int(flags.sum()),
-                          "flipped_rows": int((flags & flipped).sum()), "rows": len(train),
-                          "clean_rows": len(clean), "timing": timing, "candidates": res})
-            print(json.dumps({"transform": transform, "seed": seed, **timing,
-                              **{k: (v["recall"], v["honest_dropped"]) for k, v in res.items()}}), flush=True)
+        half = ctx.rng("probe-halves").permutation(len(texts)) % 2 == 0
+        flagged = {}
+        t = time.perf_counter()
+        for side in (True, False):
+            fit_rows, score_rows = np.flatnonzero(half == side), np.flatnonzero(half != side)
+            model = ctx.fit([texts[i] for i in fit_rows], [labels[i] for i in fit_rows],
+                            purpose=f"probe-half-{int(side)}")
+            tr = states(model.model, model.tokenizer, [texts[i] for i in score_rows], prof, layers)
+            cl = states(model.model, model.tokenizer, clean_texts, prof, layers)
+            for k, v in guard_flags(tr, cl, keys).items():
+                flagged.setdefault(k, np.zeros(len(texts), dtype=bool))[score_rows] = v
+        timing["cross_fit_s"] = round(time.perf_counter() - t, 1)
+        res.update({f"cross-fit, {k}": summary(v, flags, flipped) for k, v in flagged.items()})
+        cells.append({"transform": transform, "seed": seed, "poisoned_rows": int(flags.sum()),
+                      "flipped_rows": int((flags & flipped).sum()), "rows": len(train),
+                      "clean_rows": len(clean), "timing": timing, "candidates": res})
+        print(json.dumps({"transform": transform, "seed": seed, **timing,
+                          **{k: (v["recall"], v["honest_dropped"]) for k, v in res.items()}}), flush=True)
     names = list(cells[0]["candidates"])
     score = {k: float(np.mean([c["candidates"][k]["recall"] - c["candidates"][k]["honest_dropped"] for c in cells]))
              for k in names}
