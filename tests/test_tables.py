@@ -134,6 +134,17 @@ def test_the_goal_table_judges_each_criterion_from_the_seeds_and_names_where_it_
     assert verdicts["ASR within 15 of untriggered on the worst attack (+40.0)"].endswith("not met (fails on b)")
     best = next(v for k, v in verdicts.items() if k.startswith("task score ahead of the best other defense"))
     assert "not judged there): not met" in best and "on b" in best
+    # the reach of the "beyond noise" criteria: `none`'s CACC and the ceiling (`none`'s CACC at its untriggered rate)
+    assert f.loc["a", "ceiling"] == pytest.approx(0.9) and f.loc["a", "ceiling_p"] < 0.05 and f.loc["a", "none_cacc_p"] < 0.05
+    assert "| 90.0 (" in text and "out of reach" not in text
+    tie = [("toy", "c", "none", s, 0.80 + j, 0.99, 0.10) for s, j in zip((1, 2, 3), (-0.01, 0.0, 0.01))]
+    tie += [("toy", "c", d, s, 0.80 - j, 0.10, 0.10) for d in ("clean-only", "distill") for s, j in zip((1, 2, 3), (-0.01, 0.0, 0.01))]
+    _goal_rows(rows + tie).to_csv(tmp_path / "leaderboard.csv", index=False)
+    g = goal_frame(tmp_path).set_index("attack")
+    assert g.loc["c", "none_cacc_p"] == 1.0 and g.loc["c", "ceiling_p"] > 0.99 and g.loc["b", "ceiling_p"] < 0.05
+    text = table(tmp_path)
+    assert "(`none` is not beyond noise either on c: out of reach there at these seeds): not met (fails on b, c)" in text
+    assert "(the ceiling is not beyond noise either on c: out of reach there at these seeds): not met" in text
     # the same folder without attack b meets every criterion on a's numbers alone
     _goal_rows([r for r in rows if r[1] == "a"]).to_csv(tmp_path / "leaderboard.csv", index=False)
     text = table(tmp_path)

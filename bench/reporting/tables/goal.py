@@ -8,7 +8,13 @@ Per dataset x attack (and setting, as in `bench table seeds`), over seeds:
 - ASR minus the same model's untriggered rate (`clean_to_target`), and the control's own gap beside it;
 - the task score sqrt(CACC x (100 - ASR)), Welch's p against the control, and the best other defense of the cell (by
   mean score, any defense but ours, the control and `none`) with the p against it. `--with FOLDER` pools another
-  folder's cells (the baselines at the same setting): cells meet only within one backbone, profile and settings.
+  folder's cells (the baselines at the same setting): cells meet only within one backbone, profile and settings;
+- the reach of the two "beyond noise" criteria at these seeds: Welch's p of `none`'s CACC against the control's, and
+  the ceiling score, sqrt(`none`'s CACC x (100 - `none`'s untriggered rate)) per seed (a defense as accurate as
+  `none` whose ASR is `none`'s untriggered rate), with its p against the control (each p is 1 where the mean is not
+  ahead of the control's). A reference point, not a bound (a
+  defense may beat `none`'s CACC by chance): where even it is not ahead beyond noise, the criterion is out of reach
+  at these seeds for any defense of about that accuracy, and the verdict says so.
 Per dataset, the goal's criteria on the attacks present: CACC at least `none`'s minus 1.5 on average and above the
 control beyond noise (p < 0.05) on every attack; ASR within 5 of untriggered on average and within 15 on the worst;
 the task score ahead of the control and of the best other defense beyond noise on every attack. Each criterion reads
@@ -75,6 +81,7 @@ def goal_frame(folder: Path | list[Path], defense: str = "distill", control: str
                 raise BenchError(f"{where}: {dataset} {attack} has cells of {defense!r} but none of {name!r} at "
                                  f"the same setting ({setting}); {fix}")
         ctl, ref = by[control], by[reference]
+        ceiling = [task_score(c, u) for c, u in zip(ref.cacc, ref.clean_to_target)]
         others = {d: x.score.mean() for d, x in by.items() if d not in (defense, control, reference)}
         best = max(others, key=others.get) if others else None
         rows.append({
@@ -84,10 +91,13 @@ def goal_frame(folder: Path | list[Path], defense: str = "distill", control: str
             "target_label": int(mine.target_label.iloc[0]),
             "cacc": mine.cacc.mean(), "cacc_vs_none": mine.cacc.mean() - ref.cacc.mean(),
             "cacc_vs_control": mine.cacc.mean() - ctl.cacc.mean(), "cacc_p": welch_p(mine.cacc, ctl.cacc),
+            "none_cacc_p": welch_p(ref.cacc, ctl.cacc) if ref.cacc.mean() > ctl.cacc.mean() else 1.0,
             "asr": mine.asr.mean(), "asr_gap": mine.asr.mean() - mine.clean_to_target.mean(),
             "control_asr_gap": ctl.asr.mean() - ctl.clean_to_target.mean(),
             "score": mine.score.mean(), "score_vs_control": mine.score.mean() - ctl.score.mean(),
-            "score_p": welch_p(mine.score, ctl.score), "best_other": best or "",
+            "score_p": welch_p(mine.score, ctl.score), "ceiling": float(np.mean(ceiling)),
+            "ceiling_p": welch_p(ceiling, ctl.score) if np.mean(ceiling) > ctl.score.mean() else 1.0,
+            "best_other": best or "",
             "score_vs_best": mine.score.mean() - others[best] if best else np.nan,
             "best_p": welch_p(mine.score, by[best].score) if best else np.nan})
     if not rows:
@@ -108,15 +118,22 @@ def _verdicts(f: pd.DataFrame) -> list[tuple[str, bool, list[str]]]:
     beats = judged & (f.score_vs_best > 0) & (f.best_p < ALPHA)
     worst = f.asr_gap.max()
     missing = list(f.attack[~judged])
+
+    def reach(p: pd.Series, who: str) -> str:
+        out = list(f.attack[p >= ALPHA])
+        return f" ({who} is not beyond noise either on {', '.join(out)}: out of reach there at these seeds)" if out else ""
+
     return [
         (f"CACC at least `none`'s - 1.5 on average ({100 * f.cacc_vs_none.mean():+.1f})",
          bool(f.cacc_vs_none.mean() >= -CACC_SLACK), []),
-        ("CACC above the control beyond noise on every attack", bool(above.all()), list(f.attack[~above])),
+        ("CACC above the control beyond noise on every attack" + reach(f.none_cacc_p, "`none`"), bool(above.all()),
+         list(f.attack[~above])),
         (f"ASR within 5 of untriggered on average ({100 * f.asr_gap.mean():+.1f})",
          bool(f.asr_gap.mean() <= ASR_MEAN), []),
         (f"ASR within 15 of untriggered on the worst attack ({100 * worst:+.1f})", bool(worst <= ASR_WORST),
          list(f.attack[f.asr_gap > ASR_WORST])),
-        ("task score ahead of the control beyond noise on every attack", bool(ahead.all()), list(f.attack[~ahead])),
+        ("task score ahead of the control beyond noise on every attack" + reach(f.ceiling_p, "the ceiling"),
+         bool(ahead.all()), list(f.attack[~ahead])),
         ("task score ahead of the best other defense beyond noise on every attack"
          + (f" (no defense besides the control and `none` on {', '.join(missing)}: not judged there)"
             if missing else ""), bool(beats.all()), list(f.attack[judged & ~beats])),
@@ -127,16 +144,18 @@ def table(folder: Path | list[Path], defense: str = "distill", control: str = "c
           reference: str = "none") -> str:
     f = goal_frame(folder, defense, control, reference)
     out = [f"`{defense}` against `{reference}` and the control `{control}` (means over seeds; p: Welch, "
-           "uncorrected; ASR gaps are to the same model's untriggered rate)", "",
-           "| dataset | attack | setting | seeds | CACC - `none` | CACC p vs control | ASR - untriggered "
-           "| control's | score | score - control | p | best other defense | score - it | p |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "uncorrected; ASR gaps are to the same model's untriggered rate; `none`'s p: its CACC against the "
+           "control's; ceiling: `none`'s CACC at `none`'s untriggered rate, with its p against the control)", "",
+           "| dataset | attack | setting | seeds | CACC - `none` | CACC p vs control | `none`'s p | ASR - untriggered "
+           "| control's | score | score - control | p | ceiling (p) | best other defense | score - it | p |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in f.itertuples():
         setting = f"{r.label_regime}, {r.trigger_count} trigger(s), rate {r.poison_rate:g}, target {r.target_label}"
         out.append(f"| {r.dataset} | {r.attack} | {setting} | {r.seeds}{'' if r.seeds >= 3 else ' †'} "
-                   f"| {100 * r.cacc_vs_none:+.1f} | {p_format(r.cacc_p)} | {100 * r.asr_gap:+.1f} "
-                   f"| {100 * r.control_asr_gap:+.1f} | {100 * r.score:.1f} | {100 * r.score_vs_control:+.1f} "
-                   f"| {p_format(r.score_p)} | {f'`{r.best_other}`' if r.best_other else '-'} "
+                   f"| {100 * r.cacc_vs_none:+.1f} | {p_format(r.cacc_p)} | {p_format(r.none_cacc_p)} "
+                   f"| {100 * r.asr_gap:+.1f} | {100 * r.control_asr_gap:+.1f} | {100 * r.score:.1f} "
+                   f"| {100 * r.score_vs_control:+.1f} | {p_format(r.score_p)} "
+                   f"| {100 * r.ceiling:.1f} ({p_format(r.ceiling_p)}) | {f'`{r.best_other}`' if r.best_other else '-'} "
                    f"| {f'{100 * r.score_vs_best:+.1f}' if r.best_other else '-'} | {p_format(r.best_p)} |")
     if (f.seeds < 3).any():
         out += ["", "† fewer than 3 seeds: an anecdote, not a claim."]
