@@ -69,6 +69,13 @@ class with the largest positive excess z is flagged whatever its size: none of i
 its label; the other classes are trimmed as in version 4. The cost where no class received flipped rows:
 the hard rows of one class learn the teacher's reading instead of their labels. Chosen on a declared
 tuning set (docs/tuning.md), not on a headline number.
+
+Version 6 candidate (``top_class_if_no_words=True``; off, so version 5 is the default, until its declared
+tuning cells decide): version 5's forced flag only where the word guard dropped no row. Where it dropped
+rows, the poison it found was words and the labels need carry no more of it; there version 5 flagged the
+non-target class in most cells (results/distill-v5), and on the whole set that class's hard rows, given a
+weak teacher's reading, cost CACC (results/whole-set-v5). Its known weakness: a decoy word trigger beside a
+style switches the forced flag off.
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.config import ConfigError
+from bench.config import ConfigError, added
 from bench.defense import Defense, DefenseContext, StepState
 from bench.registry import register
 
@@ -106,6 +113,9 @@ class DistillConfig:
     # version 5: the class with the largest positive excess z is flagged even under z_bar (the
     # defender knows its set is poisoned; a class that received flipped rows shows the largest excess)
     flag_top_class: bool = True
+    # version 6 candidate (docs/tuning.md; off until its tuning cells decide): the top class is flagged only
+    # when the word guard dropped no row, since the poison it found was words and the labels carry no more
+    top_class_if_no_words: bool = added(False, "issue 25, version 6 candidate")
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -123,6 +133,9 @@ class DistillConfig:
         if not isinstance(self.flag_top_class, bool):
             raise ConfigError(f"distill.flag_top_class={self.flag_top_class!r}: true or false "
                               "(e.g. --set distill.flag_top_class=true)")
+        if not isinstance(self.top_class_if_no_words, bool):
+            raise ConfigError(f"distill.top_class_if_no_words={self.top_class_if_no_words!r}: true or false "
+                              "(e.g. --set distill.top_class_if_no_words=true)")
         if not 0 < self.trim_alpha < 1:
             raise ConfigError(f"distill.trim_alpha={self.trim_alpha}: a test level in (0, 1) (e.g. 0.05)")
         if not self.token_ratio >= 1:
@@ -236,14 +249,17 @@ class Distill(Defense):
         # tau[c]: a disagreeing row labelled c keeps its label where the teacher gives it >= tau[c]
         self._tau = torch.full((ctx.num_labels,), float("inf"))
         if c.label_trust != "none":
-            self._tau = self._label_thresholds(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx)
+            words_found = keep is not None and not keep.all()
+            flag_top = c.flag_top_class and not (c.top_class_if_no_words and words_found)
+            self._tau = self._label_thresholds(rows if keep is None else rows.select(np.flatnonzero(keep)), ctx,
+                                               flag_top)
         return keep
 
     def add_train(self, ctx: DefenseContext) -> datasets.Dataset:
         """The clean rows the teacher learnt from join the student's data."""
         return self._clean_rows
 
-    def _label_thresholds(self, train: datasets.Dataset, ctx: DefenseContext) -> torch.Tensor:
+    def _label_thresholds(self, train: datasets.Dataset, ctx: DefenseContext, flag_top: bool) -> torch.Tensor:
         """Per class, the teacher probability of the label from which a disagreeing row keeps its label:
         -inf in a trusted class (version 2), +inf in a flagged one, the trimmed excess's bound (v4)."""
         sel = ctx.selection
@@ -255,10 +271,10 @@ class Distill(Defense):
         per_class = excess_disagreement(train_pred, train_label, clean_pred, clean_label, ctx.num_labels)
         flagged = [r["label"] for r in per_class if r["z"] > self.config.z_bar]
         top = max(per_class, key=lambda r: r["z"])
-        if self.config.flag_top_class and top["z"] > 0 and top["label"] not in flagged:
+        if flag_top and top["z"] > 0 and top["label"] not in flagged:
             flagged.append(top["label"])
         tau = [float("inf") if cl in flagged else -float("inf") for cl in range(ctx.num_labels)]
-        log = {"label_trust": per_class, "classes_flagged": flagged}
+        log = {"label_trust": per_class, "classes_flagged": flagged, "top_class_considered": flag_top}
         if self.config.label_trust == "trim":
             p_label = logits.softmax(-1)[torch.arange(len(train_label)), torch.as_tensor(train_label)].numpy()
             trim = trim_thresholds(p_label, train_pred, train_label, clean_pred, clean_label, ctx.num_labels,

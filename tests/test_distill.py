@@ -70,7 +70,8 @@ def test_the_teacher_learns_from_the_defenders_clean_rows_alone():
 
 @pytest.mark.parametrize("bad", [{"n_clean": 1}, {"temperature": 0.0}, {"label_weight": 1.5},
                                  {"label_trust": "labels"}, {"z_bar": 0.0}, {"trim_alpha": 0.0},
-                                 {"token_ratio": 0.5}, {"token_alpha": 1.0}, {"flag_top_class": "yes"}])
+                                 {"token_ratio": 0.5}, {"token_alpha": 1.0}, {"flag_top_class": "yes"},
+                                 {"top_class_if_no_words": "yes"}])
 def test_bad_settings_name_the_fix(bad):
     with pytest.raises(ConfigError, match="distill"):
         DistillConfig(**bad).validate()
@@ -283,3 +284,15 @@ def test_flag_top_class_distrusts_every_disagreeing_label_of_the_class_with_the_
         assert logged["classes_flagged"] == ([1] if top else [])
     assert np.isfinite(tau[False][1])  # version 4: the trimmed excess only
     assert tau[True] == [tau[False][0], float("inf")]  # the top class keeps no disagreeing label
+
+    # the version 6 candidate: where the word guard dropped rows, the top class is not flagged on its own
+    worded = datasets.Dataset.from_dict({"text": list(rows["text"]) + ["zq good"] * 30,
+                                         "label": list(rows["label"]) + [1] * 30})
+    for data, option, flagged in [(worded, True, []), (worded, False, [1]), (rows, True, [1])]:
+        d = Distill(DistillConfig(flag_top_class=True, top_class_if_no_words=option))
+        keep = d.select_train(data, Ctx())
+        assert int((~keep).sum()) == (30 if data is worded else 0) and logged["classes_flagged"] == flagged
+        assert logged["top_class_considered"] == (not (option and data is worded))
+    from bench.config import config_dict
+    assert "top_class_if_no_words" not in config_dict(DistillConfig())  # version 5's record keys stay as they were
+    assert config_dict(DistillConfig(top_class_if_no_words=True))["top_class_if_no_words"] is True
