@@ -70,8 +70,8 @@ its label; the other classes are trimmed as in version 4. The cost where no clas
 the hard rows of one class learn the teacher's reading instead of their labels. Chosen on a declared
 tuning set (docs/tuning.md), not on a headline number.
 
-Version 6 candidate (``top_class_if_no_words=True``; off, so version 5 is the default, until its declared
-tuning cells decide): version 5's forced flag only where the word guard dropped no row. Where it dropped
+Version 6 (``top_class_if_no_words=True``, the default; chosen on its declared tuning set,
+results/tuning-distill-v6): version 5's forced flag only where the word guard dropped no row. Where it dropped
 rows, the poison it found was words and the labels need carry no more of it; there version 5 flagged the
 non-target class in most cells (results/distill-v5), and on the whole set that class's hard rows, given a
 weak teacher's reading, cost CACC (results/whole-set-v5). Its known weakness: a decoy word trigger beside a
@@ -89,7 +89,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.config import ConfigError, added
+from bench.config import ConfigError
 from bench.defense import Defense, DefenseContext, StepState
 from bench.registry import register
 
@@ -113,9 +113,9 @@ class DistillConfig:
     # version 5: the class with the largest positive excess z is flagged even under z_bar (the
     # defender knows its set is poisoned; a class that received flipped rows shows the largest excess)
     flag_top_class: bool = True
-    # version 6 candidate (docs/tuning.md; off until its tuning cells decide): the top class is flagged only
-    # when the word guard dropped no row, since the poison it found was words and the labels carry no more
-    top_class_if_no_words: bool = added(False, "issue 25, version 6 candidate")
+    # version 6: the top class is flagged only when the word guard dropped no row, since the poison it
+    # found was words and the labels need carry no more of it (false: version 5's rule)
+    top_class_if_no_words: bool = True
 
     def validate(self) -> None:
         if self.n_clean is not None and self.n_clean < 2:
@@ -225,7 +225,7 @@ class Distill(Defense):
     target, a label only where the teacher and class test trust it; rows with shifted words dropped."""
 
     Config = DistillConfig
-    version = 5  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"; v5: flag_top_class): old records keyed apart
+    version = 6  # defaults changed (v2: label_trust="class-excess"; v3: token_guard; v4: "trim"; v5: flag_top_class; v6: top_class_if_no_words): old records keyed apart
 
     def select_train(self, rows: datasets.Dataset, ctx: DefenseContext) -> np.ndarray | None:
         """The teacher is trained here (the training set's size sets its step count); with

@@ -294,5 +294,5 @@ def test_flag_top_class_distrusts_every_disagreeing_label_of_the_class_with_the_
         assert int((~keep).sum()) == (30 if data is worded else 0) and logged["classes_flagged"] == flagged
         assert logged["top_class_considered"] == (not (option and data is worded))
     from bench.config import config_dict
-    assert "top_class_if_no_words" not in config_dict(DistillConfig())  # version 5's record keys stay as they were
-    assert config_dict(DistillConfig(top_class_if_no_words=True))["top_class_if_no_words"] is True
+    assert config_dict(DistillConfig())["top_class_if_no_words"] is True  # version 6's default
+    assert Distill.version == 6  # keyed apart from version 5's records, which ran the forced flag everywhere

@@ -47,7 +47,8 @@ DEFAULTS = {
     # distill versions 2-4 (issue 25, declared in docs/tuning.md) added label_trust..token_alpha after label_weight
     'distill': {'n_clean': None, 'temperature': 1.0, 'label_weight': 0.0, 'label_trust': 'trim', 'z_bar': 3.0,
                 'trim_alpha': 0.05, 'token_guard': True, 'token_ratio': 5.0, 'token_alpha': 0.01,
-                'flag_top_class': True},  # version 5 (session 27): a new default, keyed apart by the version
+                'flag_top_class': True,  # version 5 (session 27): a new default, keyed apart by the version
+                'top_class_if_no_words': True},  # version 6 (session 29), the same
     'dpoe': {
         'shallow_layers': None, 'poe_alpha': 1.0, 'temperature': 1.0, 'rdrop_alpha': 3.0, 'shallow_lr_ratio': 4.0,
         'learning_rate': None, 'epochs': None,
