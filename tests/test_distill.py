@@ -285,7 +285,7 @@ def test_flag_top_class_distrusts_every_disagreeing_label_of_the_class_with_the_
     assert np.isfinite(tau[False][1])  # version 4: the trimmed excess only
     assert tau[True] == [tau[False][0], float("inf")]  # the top class keeps no disagreeing label
 
-    # the version 6 candidate: where the word guard dropped rows, the top class is not flagged on its own
+    # version 6: where the word guard dropped rows, the top class is not flagged on its own (false: version 5)
     worded = datasets.Dataset.from_dict({"text": list(rows["text"]) + ["zq good"] * 30,
                                          "label": list(rows["label"]) + [1] * 30})
     for data, option, flagged in [(worded, True, []), (worded, False, [1]), (rows, True, [1])]:

@@ -12,9 +12,9 @@ Per dataset x attack (and setting, as in `bench table seeds`), over seeds:
 - the reach of the two "beyond noise" criteria at these seeds: Welch's p of `none`'s CACC against the control's, and
   the ceiling score, sqrt(`none`'s CACC x (100 - `none`'s untriggered rate)) per seed (a defense as accurate as
   `none` whose ASR is `none`'s untriggered rate), with its p against the control (each p is 1 where the mean is not
-  ahead of the control's). A reference point, not a bound (a
-  defense may beat `none`'s CACC by chance): where even it is not ahead beyond noise, the criterion is out of reach
-  at these seeds for any defense of about that accuracy, and the verdict says so.
+  ahead of the control's). A reference point, not a bound (a defense may beat `none`'s CACC by chance): where even
+  it is not ahead beyond noise, the criterion is out of reach at these seeds for any defense of about that accuracy,
+  and the verdict says so.
 Per dataset, the goal's criteria on the attacks present: CACC at least `none`'s minus 1.5 on average and above the
 control beyond noise (p < 0.05) on every attack; ASR within 5 of untriggered on average and within 15 on the worst;
 the task score ahead of the control and of the best other defense beyond noise on every attack. Each criterion reads
